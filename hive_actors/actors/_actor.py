@@ -1,0 +1,390 @@
+"""Actors, their references, and the loop that feeds one actor its mailbox."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+from ._errors import ActorError, ActorStopped, AskTimeout, MailboxFull
+
+if TYPE_CHECKING:
+    from ._system import ActorSystem
+
+log = logging.getLogger("hive_actors")
+
+DEFAULT_MAILBOX_SIZE = 1024
+RESTART_TYPES = ("permanent", "transient", "temporary")
+_YIELD_EVERY = 256  # messages handled back to back before the loop yields to trio
+_BATCH_LIMIT = 512  # messages handed to one handle_batch() call at most
+
+
+class Actor:
+    """Base class of actors: subclass it and implement ``handle``.
+
+    The runtime guarantees that ``handle`` sees one message at a time, in the order
+    the mailbox received them (so per-sender order holds).  ``started()`` runs before
+    the first message, ``stopped()`` after the last one (also after a crash, so it can
+    release resources; it gets the shutdown timeout).  ``self.ref`` and
+    ``self.system`` are set before ``started()``.
+
+    An actor may instead define ``async handle_batch(messages) -> list[outcome.Outcome]``:
+    it then receives every message already waiting (up to 512) in one call and returns
+    one ``outcome.Value``/``outcome.Error`` per message, in order.  An ``Error``
+    outcome is re-raised in that message's asker only and is not a crash; an exception
+    raised by ``handle_batch`` itself reaches every asker of the batch and is a crash.
+    This is how the DB actor turns a burst of requests into one group commit.
+    """
+
+    ref: ActorRef
+    system: ActorSystem
+
+    async def started(self) -> None:
+        """Called once per incarnation, before the first message."""
+
+    async def stopped(self) -> None:
+        """Called once per incarnation, after the last message (crashed or not)."""
+
+    async def handle(self, message: Any) -> Any:
+        """Handle one message; the return value is the reply to ``ask``.
+
+        An exception raised here is re-raised in the asker and is a crash of the
+        actor: its supervisor restarts it (or not) per its restart type.
+        """
+        raise ActorError(f"{type(self).__name__} does not handle {message!r}")
+
+
+class _Reply:
+    """A single-use reply slot: the actor wakes the waiting asker directly."""
+
+    __slots__ = ("_task", "_outcome", "_abandoned")
+
+    def __init__(self) -> None:
+        self._task: Any = None
+        self._outcome: outcome.Outcome | None = None
+        self._abandoned = False
+
+    def deliver(self, result: outcome.Outcome) -> None:
+        if self._outcome is not None or self._abandoned:
+            return
+        self._outcome = result
+        if self._task is not None:
+            task, self._task = self._task, None
+            trio.lowlevel.reschedule(task, result)
+
+    async def wait(self) -> Any:
+        if self._outcome is not None:
+            await trio.lowlevel.checkpoint()
+            return self._outcome.unwrap()
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._task = None
+            self._abandoned = True
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class ActorRef:
+    """The address of an actor: the only way to talk to it.
+
+    A ref stays valid across restarts (the mailbox is kept); it becomes dead only when
+    the actor stops for good, after which ``tell``/``ask`` raise ``ActorStopped``.
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: _ActorCell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str:
+        """The actor's name (given to ``spawn``, or generated)."""
+        return self._cell.name
+
+    @property
+    def alive(self) -> bool:
+        """False once the actor has stopped for good (restarting counts as alive)."""
+        return not self._cell.gone.is_set()
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self.name!r}{'' if self.alive else ' (stopped)'}>"
+
+    async def tell(self, message: Any) -> None:
+        """Put ``message`` in the mailbox, waiting while it is full (backpressure).
+
+        Messages from one sender arrive in the order sent.  Raises ``ActorStopped``
+        (and counts a dead letter) if the actor has stopped for good.
+        """
+        try:
+            await self._cell.send.send((message, None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._cell.dead_letter(message) from None
+
+    def tell_nowait(self, message: Any) -> None:
+        """Put ``message`` in the mailbox now, or raise ``MailboxFull`` (nothing sent).
+
+        Raises ``ActorStopped`` (and counts a dead letter) if the actor is gone.
+        """
+        try:
+            self._cell.send.send_nowait((message, None))
+        except trio.WouldBlock:
+            raise MailboxFull(f"mailbox of actor {self.name!r} is full") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._cell.dead_letter(message) from None
+
+    async def ask(self, message: Any, timeout: float | None = None) -> Any:
+        """Send ``message`` and return the handler's reply.
+
+        Re-raises the handler's exception (which is also a crash of the actor).
+        Raises ``AskTimeout`` if no reply came within ``timeout`` seconds (waiting
+        for mailbox room included), ``ActorStopped`` if the actor stopped for good
+        before handling it.
+        """
+        cell = self._cell
+        if cell.task is not None and cell.task is trio.lowlevel.current_task():
+            raise ActorError(f"actor {self.name!r} asked itself: that would deadlock")
+        reply = _Reply()
+        if timeout is None:
+            try:
+                await cell.send.send((message, reply))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise cell.dead_letter(message) from None
+            return await reply.wait()
+        with trio.move_on_after(timeout):
+            try:
+                await cell.send.send((message, reply))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise cell.dead_letter(message) from None
+            return await reply.wait()
+        raise AskTimeout(f"actor {self.name!r} did not reply within {timeout} s")
+
+    async def stop(self) -> None:
+        """Stop the actor for good and wait until it is gone.
+
+        Does not queue behind the mailbox: the current message finishes (or is
+        cancelled after the shutdown timeout), ``stopped()`` runs, and messages still
+        waiting become dead letters whose askers get ``ActorStopped``.  Never restarted
+        afterwards, whatever its restart type.  Called by the actor on itself, it
+        returns at once and the actor stops after the current message.
+        """
+        await self._cell.stop_for_good()
+
+
+class _ActorCell:
+    """Everything that outlives one incarnation of an actor: mailbox, ref, counters."""
+
+    restart: str
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        parent: Any,
+        factory: Any,
+        args: tuple,
+        name: str,
+        mailbox_size: int,
+        restart: str,
+    ) -> None:
+        self.system = system
+        self.parent = parent
+        self.factory = factory
+        self.args = args
+        self.name = name
+        self.restart = restart
+        self.send, self.receive = trio.open_memory_channel[tuple](mailbox_size)
+        self.ref = ActorRef(self)
+        self.processed = 0
+        self.restarts = 0
+        self.incarnation = 0
+        self.running = False
+        self.exited = trio.Event()
+        self.gone = trio.Event()
+        self.final = False  # asked to stop for good
+        self.stop_requested = False  # the current incarnation should leave its loop
+        self.in_handle = False
+        self.task: Any = None
+        self.scope: trio.CancelScope | None = None
+
+    @property
+    def mailbox(self) -> int:
+        return self.send.statistics().current_buffer_used
+
+    def dead_letter(self, message: Any) -> ActorStopped:
+        self.system._dead_letters += 1
+        return ActorStopped(f"actor {self.name!r} has stopped; message {message!r} not delivered")
+
+    # -- one incarnation --------------------------------------------------------
+
+    async def run(self, started: Any) -> None:
+        """Build a fresh actor from the factory and feed it until asked to leave."""
+        self.stop_requested = False
+        self.task = trio.lowlevel.current_task()
+        actor = None
+        try:
+            with trio.CancelScope() as self.scope:
+                actor = self.factory(*self.args)
+                if not isinstance(actor, Actor):
+                    raise TypeError(
+                        f"factory of actor {self.name!r} returned {type(actor).__name__}, "
+                        "not an Actor"
+                    )
+                actor.ref = self.ref
+                actor.system = self.system
+                await actor.started()
+                started.started()
+                if getattr(type(actor), "handle_batch", None) is not None:
+                    await self._batch_loop(actor)
+                else:
+                    await self._loop(actor)
+        finally:
+            self.task = None
+            self.scope = None
+            if actor is not None and started.done:
+                await self._call_stopped(actor)
+
+    async def _call_stopped(self, actor: Actor) -> None:
+        with trio.move_on_after(self.system.shutdown_timeout):
+            try:
+                await actor.stopped()
+            except Exception:
+                log.exception("actor %r: stopped() raised", self.name)
+
+    async def _loop(self, actor: Actor) -> None:
+        receive = self.receive
+        handle = actor.handle
+        budget = _YIELD_EVERY
+        while not self.stop_requested:
+            if budget <= 0:
+                budget = _YIELD_EVERY
+                await trio.lowlevel.checkpoint()
+                if self.stop_requested:
+                    return
+            try:
+                message, reply = receive.receive_nowait()
+                budget -= 1
+            except trio.WouldBlock:
+                budget = _YIELD_EVERY
+                message, reply = await receive.receive()
+            self.in_handle = True
+            try:
+                result = await handle(message)
+            except Exception as exc:
+                self.in_handle = False
+                self.processed += 1
+                if reply is not None:
+                    reply.deliver(outcome.Error(exc))
+                raise
+            except BaseException:
+                self.in_handle = False
+                if reply is not None:
+                    reply.deliver(outcome.Error(self._stopped_error()))
+                raise
+            self.in_handle = False
+            self.processed += 1
+            if reply is not None:
+                reply.deliver(outcome.Value(result))
+
+    async def _batch_loop(self, actor: Any) -> None:
+        receive = self.receive
+        while not self.stop_requested:
+            batch = [await receive.receive()]
+            while len(batch) < _BATCH_LIMIT:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self.in_handle = True
+            try:
+                outcomes = await actor.handle_batch([message for message, _ in batch])
+                if len(outcomes) != len(batch):
+                    raise TypeError(
+                        f"{type(actor).__name__}.handle_batch returned {len(outcomes)} "
+                        f"outcomes for {len(batch)} messages"
+                    )
+            except Exception as exc:
+                self.in_handle = False
+                self.processed += len(batch)
+                for _, reply in batch:
+                    if reply is not None:
+                        reply.deliver(outcome.Error(exc))
+                raise
+            except BaseException:
+                self.in_handle = False
+                for _, reply in batch:
+                    if reply is not None:
+                        reply.deliver(outcome.Error(self._stopped_error()))
+                raise
+            self.in_handle = False
+            self.processed += len(batch)
+            for (message, reply), result in zip(batch, outcomes, strict=True):
+                if reply is not None:
+                    reply.deliver(result)
+                elif isinstance(result, outcome.Error):
+                    log.error("actor %r: told message %r failed: %r", self.name, message, result.error)
+
+    def _stopped_error(self) -> ActorStopped:
+        return ActorStopped(f"actor {self.name!r} stopped while handling the message")
+
+    # -- stopping ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Make the running incarnation leave after its current message."""
+        self.stop_requested = True
+        scope = self.scope
+        if scope is None:
+            return
+        if self.in_handle:
+            deadline = trio.current_time() + self.system.shutdown_timeout
+            scope.deadline = min(scope.deadline, deadline)
+        else:
+            scope.cancel()
+
+    async def stop_for_good(self) -> None:
+        if self.gone.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        self.final = True
+        if self.task is not None and self.task is trio.lowlevel.current_task():
+            self.stop_requested = True  # leave after the current message
+            await trio.lowlevel.checkpoint()
+            return
+        if self.running:
+            self.request_stop()
+        else:
+            self.parent._forget(self)
+            self.finalize(None)
+        await self.gone.wait()
+
+    def finalize(self, reason: BaseException | None) -> None:
+        """Stopped for good: dead-letter what waits, close the mailbox, tell watchers."""
+        if self.gone.is_set():
+            return
+        self.final = True
+        while True:
+            try:
+                message, reply = self.receive.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+            error = self.dead_letter(message)
+            if reply is not None:
+                reply.deliver(outcome.Error(error))
+        self.receive.close()
+        self.gone.set()
+        self.system._actor_gone(self, reason)
+
+
+def check_spawn_args(name: str | None, mailbox_size: Any, restart: str) -> None:
+    """Reject bad ``spawn`` arguments with a message naming the argument."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"actor name must be a non-empty string, got {name!r}")
+    if restart not in RESTART_TYPES:
+        raise ValueError(f"restart must be one of {RESTART_TYPES}, got {restart!r}")
+    if mailbox_size != math.inf and (
+        not isinstance(mailbox_size, int) or isinstance(mailbox_size, bool) or mailbox_size < 0
+    ):
+        raise ValueError(f"mailbox_size must be an int >= 0 (or math.inf), got {mailbox_size!r}")
