@@ -137,7 +137,7 @@ class ActorRef:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._cell.dead_letter(message) from None
 
-    async def ask(self, message: Any, timeout: float | None = None) -> Any:
+    async def ask(self, message: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (contract API)
         """Send ``message`` and return the handler's reply.
 
         Re-raises the handler's exception (which is also a crash of the actor).

@@ -249,11 +249,11 @@ class _Supervisor:
             group = self.children[index:]
         others = [child for child in group if child is not crashed]
         await self._stop_children(others, final=False)
-        for child in group:
-            if child is not crashed and child.restart == "temporary":
+        for child in others:
+            if child.restart == "temporary":  # stopped by us: temporary means gone
                 self._forget(child)
                 child.finalize(None)
-                continue
+        for child in group:
             if child in self.children:
                 child.restarts += 1
                 await self._start(child)
