@@ -1,0 +1,991 @@
+"""The synchronous core of the store: one sqlite3 connection and the task state machine.
+
+Everything here is blocking and runs in the DB actor's dedicated thread. The actor
+calls :meth:`Engine.execute` with a whole batch of operation messages; the batch runs
+in one transaction with a savepoint per operation, so one failing operation changes
+nothing and does not disturb the others. The events of the operations that succeeded
+are returned, to be published only after COMMIT.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import socket
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import outcome
+
+from . import messages as m
+from ._errors import (
+    DatabaseCorrupt,
+    DatabaseError,
+    DependencyError,
+    IllegalTransition,
+    InvalidPlan,
+    StaleLease,
+    StoreError,
+    TaskNotFound,
+)
+from ._model import (
+    CANCELLED,
+    DONE,
+    ESCALATED,
+    FAILED,
+    QUEUED,
+    REVIEW,
+    RUNNING,
+    STATUSES,
+    TERMINAL,
+    Event,
+    PlannedTask,
+    RecoveryReport,
+    Run,
+    StoredPlan,
+    Task,
+)
+from ._schema import classify, inspect, migrate, precheck
+
+#: Retries never wait longer than this (seconds).
+MAX_BACKOFF = 300.0
+#: Runs keep at most this many bytes of output (the tail).
+OUTPUT_TAIL_BYTES = 64 * 1024
+
+_COLS = (
+    "id, kind, title, prompt, status, priority, attempts, result, feedback, error, "
+    "parent_id, created_at, updated_at, max_attempts, retry_delay, fencing_token, "
+    "lease_owner, lease_expires_at, not_before, metadata, attempts_base, lease_hive, "
+    "(SELECT group_concat(depends_on) FROM task_deps WHERE task_deps.task_id = tasks.id)"
+)
+_Row = collections.namedtuple(
+    "_Row",
+    "id kind title prompt status priority attempts result feedback error parent_id "
+    "created_at updated_at max_attempts retry_delay fencing_token lease_owner "
+    "lease_expires_at not_before metadata attempts_base lease_hive deps",
+)
+_ACTIVE = (QUEUED, RUNNING, REVIEW, ESCALATED)
+_SELECT_ONE = f"SELECT {_COLS} FROM tasks WHERE id = ?"
+_CLAIM = (
+    "SELECT id FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
+    "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (ts, type, task_id, actor, correlation_id, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_PLAN_FIELDS = frozenset(attrs.fields_dict(PlannedTask))
+
+
+def backoff_delay(retry_delay: float, failures: int, rng: random.Random) -> float:
+    """Delay before the next attempt after ``failures`` failed attempts in a row.
+
+    ``retry_delay`` doubled per failure, times a jitter factor in [0.75, 1.25],
+    capped at :data:`MAX_BACKOFF`.
+    """
+    base = retry_delay * 2.0 ** max(failures - 1, 0)
+    return min(MAX_BACKOFF, min(MAX_BACKOFF, base) * rng.uniform(0.75, 1.25))
+
+
+def tail(output: str | bytes | None) -> str | None:
+    """The last 64 KiB of ``output`` as text (bytes are decoded as UTF-8)."""
+    if output is None:
+        return None
+    data = output.encode("utf-8", "surrogateescape") if isinstance(output, str) else output
+    if len(data) > OUTPUT_TAIL_BYTES:
+        data = data[-OUTPUT_TAIL_BYTES:]
+    return data.decode("utf-8", "replace")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _unjson(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _task(row: _Row) -> Task:
+    deps = tuple(sorted(int(d) for d in row.deps.split(","))) if row.deps else ()
+    return Task(
+        id=row.id,
+        kind=row.kind,
+        title=row.title,
+        prompt=row.prompt,
+        status=row.status,
+        priority=row.priority,
+        attempts=row.attempts,
+        result=_unjson(row.result),
+        feedback=row.feedback,
+        error=row.error,
+        depends_on=deps,
+        parent_id=row.parent_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        max_attempts=row.max_attempts,
+        retry_delay=float(row.retry_delay),
+        fencing_token=row.fencing_token,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        not_before=float(row.not_before),
+        metadata=_unjson(row.metadata),
+    )
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux: clock ticks since boot), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields and fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def _process_alive(pid: int, proc_start: str | None) -> bool:
+    if os.path.isdir("/proc/self"):
+        current = _proc_start(pid)
+        return current is not None and (proc_start is None or current == proc_start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _BatchLost(Exception):
+    """SQLite rolled back the whole transaction on its own (disk full, I/O error)."""
+
+
+class Engine:
+    """Owns one sqlite3 connection; runs batches of operations in one transaction.
+
+    Not thread-safe: every call must come from one thread at a time (the DB actor's).
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        hive_id: str,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.hive_id = hive_id
+        self._clock = clock
+        self._rng = rng
+        self._events: list[Event] = []
+        self._handlers: dict[type, Callable[[Any, float], Any]] = {
+            m.Submit: self._submit,
+            m.Claim: self._claim,
+            m.ClaimReview: self._claim_review,
+            m.Heartbeat: self._heartbeat,
+            m.RecordRun: self._record_run,
+            m.Succeed: self._succeed,
+            m.Fail: self._fail,
+            m.Release: self._release,
+            m.StorePlan: self._store_plan,
+            m.Approve: self._approve,
+            m.Reject: self._reject,
+            m.Escalate: self._escalate,
+            m.Decide: self._decide,
+            m.Cancel: self._cancel,
+            m.Retry: self._retry,
+            m.SweepLeases: self._sweep,
+            m.Get: self._get,
+            m.ListTasks: self._list,
+            m.Counts: self._counts,
+            m.EventsSince: self._events_since,
+            m.GetRuns: self._get_runs,
+            m.TouchHive: self._touch_hive,
+        }
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+        hive_stale_after: float = 60.0,
+        integrity_check: bool = False,
+    ) -> tuple[Engine, RecoveryReport, list[Event]]:
+        """Open (creating if needed) the database at ``path``, migrate it, register
+        this hive process and recover the leases of hive processes that are gone.
+
+        Raises a :class:`DatabaseError` subclass, having written nothing, when the
+        file cannot be used.
+        """
+        if synchronous.upper() not in ("NORMAL", "FULL", "OFF", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        path = os.fspath(path)
+        precheck(path)
+        try:
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise classify(path, exc) from exc
+        try:
+            try:
+                version = inspect(conn, path)
+                if integrity_check and version:
+                    bad = conn.execute("PRAGMA quick_check").fetchone()[0]
+                    if bad != "ok":
+                        raise DatabaseCorrupt(
+                            path, f"the integrity check failed ({bad})",
+                            "Restore it from a backup",
+                        )
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal" and path != ":memory:":
+                    raise DatabaseError(path, f"cannot switch to WAL journal mode (got {mode})")
+                conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = inspect(conn, path)  # may have changed while we waited
+                    migrate(conn, version)
+                    engine = cls(conn, path, uuid.uuid4().hex, clock, rng or random.Random())
+                    report = engine._register_and_recover(hive_stale_after)
+                    events = engine._events
+                    engine._events = []
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise classify(path, exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return engine, report, events
+
+    def close(self) -> None:
+        """Mark this hive process stopped and close the connection."""
+        try:
+            self._conn.execute(
+                "UPDATE hives SET stopped_at = ? WHERE id = ?", (self._clock(), self.hive_id)
+            )
+        except sqlite3.Error:
+            # The hive row stays "alive"; the next open finds the process gone and
+            # recovers its leases the same way. Closing must still happen.
+            pass
+        finally:
+            self._conn.close()
+
+    def _register_and_recover(self, stale_after: float) -> RecoveryReport:
+        conn = self._conn
+        now = self._clock()
+        pid = os.getpid()
+        host = socket.gethostname()
+        conn.execute(
+            "INSERT INTO hives (id, pid, hostname, proc_start, started_at, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (self.hive_id, pid, host, _proc_start(pid), now, now),
+        )
+        alive = [self.hive_id]
+        dead = []
+        others = conn.execute(
+            "SELECT id, pid, hostname, proc_start, heartbeat_at FROM hives "
+            "WHERE stopped_at IS NULL AND id != ?",
+            (self.hive_id,),
+        ).fetchall()
+        for hive_id, hpid, hhost, hstart, heartbeat_at in others:
+            if hhost == host:
+                is_alive = _process_alive(hpid, hstart)
+            else:
+                is_alive = heartbeat_at >= now - stale_after
+            if is_alive:
+                alive.append(hive_id)
+            else:
+                dead.append(hive_id)
+                conn.execute("UPDATE hives SET stopped_at = ? WHERE id = ?", (now, hive_id))
+        marks = ",".join("?" * len(alive))
+        rows = conn.execute(
+            f"SELECT {_COLS} FROM tasks WHERE status IN ('running', 'review') "
+            f"AND lease_expires_at IS NOT NULL "
+            f"AND (lease_hive IS NULL OR lease_hive NOT IN ({marks})) ORDER BY id",
+            alive,
+        ).fetchall()
+        requeued, failed, pgids = [], [], []
+        op = m.SweepLeases(actor="recovery")
+        for raw in rows:
+            row = _Row._make(raw)
+            if row.status == REVIEW:
+                self._update(row.id, now, lease_owner=None, lease_hive=None,
+                             lease_expires_at=None, fencing_token=row.fencing_token + 1)
+                continue
+            pgid = self._close_run(row, now, "recovered")
+            if pgid is not None:
+                pgids.append(pgid)
+            reason = f"hive process {row.lease_hive} that held the lease is gone"
+            if row.attempts - row.attempts_base < row.max_attempts:
+                new = self._update(row.id, now, status=QUEUED, not_before=now, error=reason,
+                                   **_NO_LEASE)
+                requeued.append(row.id)
+            else:
+                new = self._update(row.id, now, status=FAILED, error=reason, **_NO_LEASE)
+                failed.append(row.id)
+            self._emit(op, now, "task.recovered", new,
+                       {"reason": reason, "attempt": row.attempts, "pgid": pgid})
+            if new.status == FAILED:
+                self._cascade(row.id, now, op)
+        return RecoveryReport(
+            hive_id=self.hive_id,
+            requeued=tuple(requeued),
+            failed=tuple(failed),
+            pgids=tuple(pgids),
+            dead_hives=tuple(dead),
+        )
+
+    # ----------------------------------------------------------------- batches
+
+    def execute(self, ops: Sequence[Any]) -> tuple[list[outcome.Outcome], list[Event]]:
+        """Run ``ops`` in one transaction, a savepoint each; COMMIT once.
+
+        Returns one outcome per op, in order (a value, or the error that op raised:
+        that op changed nothing), and the events to publish, in commit order. If
+        SQLite fails the transaction as a whole, every op gets a ``DatabaseError``
+        and nothing is committed or published.
+        """
+        conn = self._conn
+        now = self._clock()
+        results: list[outcome.Outcome] = []
+        published: list[Event] = []
+        handlers = self._handlers
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                handler = handlers.get(type(op))
+                if handler is None:
+                    results.append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
+                    continue
+                if isinstance(op, m.READ_ONLY):
+                    results.append(outcome.capture(handler, op, now))
+                    continue
+                self._events = []
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = handler(op, now)
+                except Exception as exc:  # recorded as this op's outcome
+                    if not conn.in_transaction:
+                        raise _BatchLost() from exc
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.Error):
+                        err = classify(self.path, exc)
+                        err.__cause__ = exc
+                        exc = err
+                    results.append(outcome.Error(exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append(outcome.Value(value))
+                    published.extend(self._events)
+            conn.execute("COMMIT")
+        except (sqlite3.Error, _BatchLost) as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            cause = exc.__cause__ if isinstance(exc, _BatchLost) else exc
+            if isinstance(cause, sqlite3.Error):
+                err: Exception = classify(self.path, cause)
+            else:
+                err = DatabaseError(self.path, f"the transaction was lost ({cause!r})")
+            err.__cause__ = cause
+            return [outcome.Error(err) for _ in ops], []
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._events = []
+        return results, published
+
+    # ----------------------------------------------------------------- helpers
+
+    def _load(self, task_id: int) -> _Row:
+        raw = self._conn.execute(_SELECT_ONE, (task_id,)).fetchone()
+        if raw is None:
+            raise TaskNotFound(task_id)
+        return _Row._make(raw)
+
+    def _update(self, task_id: int, now: float, **fields: Any) -> _Row:
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        raw = self._conn.execute(
+            f"UPDATE tasks SET {sets}, updated_at = ? WHERE id = ? RETURNING {_COLS}",
+            (*fields.values(), now, task_id),
+        ).fetchone()
+        return _Row._make(raw)
+
+    def _emit(
+        self,
+        op: Any,
+        now: float,
+        type_: str,
+        row: _Row,
+        extra: Mapping[str, Any] | None = None,
+        persist: bool = True,
+    ) -> None:
+        payload = {"kind": row.kind, "status": row.status}
+        if extra:
+            payload.update(extra)
+        seq = None
+        if persist:
+            seq = self._conn.execute(
+                _INSERT_EVENT,
+                (now, type_, row.id, op.actor, op.correlation_id, json.dumps(payload)),
+            ).lastrowid
+        self._events.append(Event(seq, now, type_, row.id, op.actor, op.correlation_id, payload))
+
+    def _leased(self, task_id: int, token: int | None, statuses: tuple[str, ...]) -> _Row:
+        row = self._load(task_id)
+        if row.status not in statuses or row.fencing_token != token:
+            raise StaleLease(task_id, token, row.fencing_token, row.status)
+        return row
+
+    def _close_run(
+        self,
+        row: _Row,
+        now: float,
+        result: str,
+        exit_code: int | None = None,
+        output: str | bytes | None = None,
+    ) -> int | None:
+        found = self._conn.execute(
+            "UPDATE runs SET ended_at = ?, duration = ? - started_at, "
+            "exit_code = coalesce(?, exit_code), output_tail = coalesce(?, output_tail), "
+            "outcome = ? WHERE task_id = ? AND fencing_token = ? AND ended_at IS NULL "
+            "RETURNING pgid",
+            (now, now, exit_code, tail(output), result, row.id, row.fencing_token),
+        ).fetchone()
+        return found[0] if found else None
+
+    def _done(self, op: Any, now: float, row: _Row, first: str, extra: Mapping[str, Any]) -> _Row:
+        new = self._update(row.id, now, status=DONE, **_NO_LEASE)
+        self._emit(op, now, first, new, extra)
+        self._emit(op, now, "task.done", new)
+        self._conn.execute(
+            "UPDATE tasks SET pending_deps = pending_deps - 1 "
+            "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)",
+            (row.id,),
+        )
+        return new
+
+    def _failed_attempt(
+        self,
+        op: Any,
+        now: float,
+        row: _Row,
+        error: str,
+        retry: bool,
+        delay: float | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> _Row:
+        used = row.attempts - row.attempts_base
+        info = {"error": error, "attempt": row.attempts, **(extra or {})}
+        if retry and used < row.max_attempts:
+            if delay is None:
+                delay = backoff_delay(row.retry_delay, used, self._rng)
+            new = self._update(row.id, now, status=QUEUED, not_before=now + delay, error=error,
+                               **_NO_LEASE)
+            self._emit(op, now, "task.retrying", new,
+                       {**info, "delay": delay, "not_before": now + delay})
+            return new
+        new = self._update(row.id, now, status=FAILED, error=error, **_NO_LEASE)
+        self._emit(op, now, "task.failed", new, info)
+        self._cascade(row.id, now, op)
+        return new
+
+    def _cancel_row(self, op: Any, now: float, row: _Row, reason: str, cause: int | None) -> _Row:
+        fields: dict[str, Any] = {"status": CANCELLED, "error": reason, **_NO_LEASE}
+        pgid = None
+        if row.status in (RUNNING, REVIEW):
+            if row.status == RUNNING:
+                pgid = self._close_run(row, now, "cancelled")
+            fields["fencing_token"] = row.fencing_token + 1
+        new = self._update(row.id, now, **fields)
+        extra: dict[str, Any] = {"reason": reason, "previous": row.status}
+        if cause is not None:
+            extra["cause"] = cause
+        if pgid is not None:
+            extra["pgid"] = pgid
+        self._emit(op, now, "task.cancelled", new, extra)
+        return new
+
+    def _cascade(self, task_id: int, now: float, op: Any) -> None:
+        """Cancel, transitively, every unfinished task waiting for ``task_id``."""
+        stack = [task_id]
+        while stack:
+            cause = stack.pop()
+            status = self._conn.execute(
+                "SELECT status FROM tasks WHERE id = ?", (cause,)
+            ).fetchone()[0]
+            waiting = self._conn.execute(
+                f"SELECT {_COLS} FROM tasks WHERE id IN "
+                "(SELECT task_id FROM task_deps WHERE depends_on = ?) "
+                "AND status IN ('queued', 'running', 'review', 'escalated') ORDER BY id",
+                (cause,),
+            ).fetchall()
+            for raw in waiting:
+                row = _Row._make(raw)
+                self._cancel_row(op, now, row, f"dependency {cause} {status}", cause)
+                stack.append(row.id)
+
+    def _insert_task(
+        self,
+        op: Any,
+        now: float,
+        *,
+        kind: str,
+        title: str,
+        prompt: str,
+        priority: int,
+        deps: Sequence[int],
+        dep_status: Mapping[int, str],
+        max_attempts: int,
+        retry_delay: float,
+        metadata: Any,
+        parent_id: int | None,
+        not_before: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> _Row:
+        broken = [d for d in deps if dep_status[d] in (FAILED, CANCELLED)]
+        pending = sum(1 for d in deps if dep_status[d] != DONE)
+        status, error = QUEUED, None
+        if broken:
+            status, error = CANCELLED, f"dependency {broken[0]} {dep_status[broken[0]]}"
+        task_id = self._conn.execute(
+            "INSERT INTO tasks (kind, title, prompt, status, priority, max_attempts, "
+            "retry_delay, not_before, pending_deps, error, parent_id, metadata, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (kind, title, prompt, status, priority, max_attempts, retry_delay, not_before,
+             pending, error, parent_id, _json(metadata), now, now),
+        ).lastrowid
+        if deps:
+            self._conn.executemany(
+                "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+                [(task_id, d) for d in deps],
+            )
+        row = self._load(task_id)
+        if broken:
+            self._emit(op, now, "task.cancelled", row,
+                       {"reason": error, "previous": None, "cause": broken[0], **(extra or {})})
+        else:
+            self._emit(op, now, "task.queued", row, extra)
+        return row
+
+    def _statuses(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = list(ids)
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._conn.execute(
+                f"SELECT id, status FROM tasks WHERE id IN ({marks})", chunk
+            ).fetchall())
+        return found
+
+    # ------------------------------------------------------------- operations
+
+    def _submit(self, op: m.Submit, now: float) -> Task:
+        deps = sorted(set(op.depends_on))
+        found = self._statuses(deps) if deps else {}
+        missing = tuple(d for d in deps if d not in found)
+        if missing:
+            raise DependencyError(
+                f"unknown dependencies: {', '.join(map(str, missing))}", missing
+            )
+        if op.parent_id is not None and not self._statuses([op.parent_id]):
+            raise DependencyError(f"unknown parent task {op.parent_id}", (op.parent_id,))
+        row = self._insert_task(
+            op, now, kind=op.kind, title=op.title, prompt=op.prompt, priority=op.priority,
+            deps=deps, dep_status=found, max_attempts=op.max_attempts,
+            retry_delay=op.retry_delay, metadata=op.metadata, parent_id=op.parent_id,
+            not_before=now + op.delay,
+        )
+        return _task(row)
+
+    def _claim(self, op: m.Claim, now: float) -> list[Task]:
+        conn = self._conn
+        ids = [r[0] for r in conn.execute(_CLAIM, (op.kind, now, op.n)).fetchall()]
+        claimed = []
+        expires = now + op.lease_seconds
+        for task_id in ids:
+            row = _Row._make(conn.execute(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
+                "fencing_token = fencing_token + 1, lease_owner = ?, lease_hive = ?, "
+                f"lease_expires_at = ?, updated_at = ? WHERE id = ? RETURNING {_COLS}",
+                (op.worker, self.hive_id, expires, now, task_id),
+            ).fetchone())
+            conn.execute(
+                "INSERT INTO runs (task_id, attempt, fencing_token, worker, hive_id, "
+                "started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, row.attempts, row.fencing_token, op.worker, self.hive_id, now),
+            )
+            self._emit(op, now, "task.started", row, {
+                "attempt": row.attempts, "token": row.fencing_token, "worker": op.worker,
+                "lease_expires_at": expires,
+            })
+            claimed.append(_task(row))
+        return claimed
+
+    def _claim_review(self, op: m.ClaimReview, now: float) -> list[Task]:
+        sql = (
+            "SELECT id FROM tasks WHERE status = 'review' "
+            "AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+        )
+        args: list[Any] = [now]
+        if op.kinds is not None:
+            sql += f" AND kind IN ({','.join('?' * len(op.kinds))})"
+            args.extend(op.kinds)
+        sql += " ORDER BY priority DESC, id LIMIT ?"
+        args.append(op.n)
+        claimed = []
+        for (task_id,) in self._conn.execute(sql, args).fetchall():
+            row = self._load(task_id)
+            new = self._update(task_id, now, fencing_token=row.fencing_token + 1,
+                               lease_owner=op.worker, lease_hive=self.hive_id,
+                               lease_expires_at=now + op.lease_seconds)
+            claimed.append(_task(new))
+        return claimed
+
+    def _heartbeat(self, op: m.Heartbeat, now: float) -> float:
+        row = self._leased(op.task_id, op.token, (RUNNING, REVIEW))
+        expires = now + op.lease_seconds
+        self._conn.execute(
+            "UPDATE tasks SET lease_expires_at = ? WHERE id = ?", (expires, op.task_id)
+        )
+        self._emit(op, now, "task.heartbeat", row,
+                   {"token": op.token, "lease_expires_at": expires}, persist=False)
+        return expires
+
+    def _record_run(self, op: m.RecordRun, now: float) -> None:
+        row = self._leased(op.task_id, op.token, (RUNNING,))
+        self._conn.execute(
+            "UPDATE runs SET pgid = coalesce(?, pgid), exit_code = coalesce(?, exit_code), "
+            "output_tail = coalesce(?, output_tail) WHERE task_id = ? AND fencing_token = ?",
+            (op.pgid, op.exit_code, tail(op.output_tail), row.id, row.fencing_token),
+        )
+
+    def _succeed(self, op: m.Succeed, now: float) -> Task:
+        row = self._leased(op.task_id, op.token, (RUNNING,))
+        self._close_run(row, now, "succeeded", op.exit_code, op.output_tail)
+        result = _json(op.result)
+        info = {"attempt": row.attempts}
+        if op.review:
+            new = self._update(row.id, now, status=REVIEW, result=result, error=None,
+                               **_NO_LEASE)
+            self._emit(op, now, "task.succeeded", new, info)
+            self._emit(op, now, "task.review", new)
+            return _task(new)
+        self._update(row.id, now, result=result, error=None)
+        return _task(self._done(op, now, row, "task.succeeded", info))
+
+    def _fail(self, op: m.Fail, now: float) -> Task:
+        row = self._leased(op.task_id, op.token, (RUNNING,))
+        self._close_run(row, now, "failed", op.exit_code, op.output_tail)
+        return _task(self._failed_attempt(op, now, row, op.error, op.retry, op.delay))
+
+    def _release(self, op: m.Release, now: float) -> Task:
+        row = self._leased(op.task_id, op.token, (RUNNING,))
+        self._close_run(row, now, "released")
+        new = self._update(row.id, now, status=QUEUED, not_before=now,
+                           attempts_base=row.attempts_base + 1, **_NO_LEASE)
+        self._emit(op, now, "task.retrying", new,
+                   {"reason": op.reason, "attempt": row.attempts, "delay": 0.0,
+                    "not_before": now})
+        return _task(new)
+
+    def _review_row(self, task_id: int, token: int | None, operation: str,
+                    statuses: tuple[str, ...] = (REVIEW,)) -> _Row:
+        if token is not None:
+            return self._leased(task_id, token, statuses)
+        row = self._load(task_id)
+        if row.status not in statuses:
+            raise IllegalTransition(task_id, row.status, operation)
+        return row
+
+    def _approve(self, op: m.Approve, now: float) -> Task:
+        row = self._review_row(op.task_id, op.token, "approve")
+        return _task(self._done(op, now, row, "task.approved", {}))
+
+    def _rework(self, op: Any, now: float, row: _Row, feedback: str, bounded: bool) -> _Row:
+        used = row.attempts - row.attempts_base
+        if bounded and used >= row.max_attempts:
+            error = f"rejected after {used} attempts: {feedback}"
+            new = self._update(row.id, now, status=FAILED, feedback=feedback, error=error,
+                               **_NO_LEASE)
+            self._emit(op, now, "task.rejected", new, {"feedback": feedback})
+            self._emit(op, now, "task.failed", new, {"error": error, "attempt": row.attempts})
+            self._cascade(row.id, now, op)
+            return new
+        new = self._update(row.id, now, status=QUEUED, feedback=feedback, not_before=now,
+                           **_NO_LEASE)
+        self._emit(op, now, "task.rejected", new, {"feedback": feedback})
+        self._emit(op, now, "task.queued", new, {"rework": True})
+        return new
+
+    def _reject(self, op: m.Reject, now: float) -> Task:
+        row = self._review_row(op.task_id, op.token, "reject")
+        return _task(self._rework(op, now, row, op.feedback, bounded=True))
+
+    def _escalate(self, op: m.Escalate, now: float) -> Task:
+        row = self._review_row(op.task_id, op.token, "escalate")
+        new = self._update(row.id, now, status=ESCALATED, **_NO_LEASE)
+        self._emit(op, now, "task.escalated", new, {"reason": op.reason})
+        return _task(new)
+
+    def _decide(self, op: m.Decide, now: float) -> Task:
+        row = self._review_row(op.task_id, None, "decide", (ESCALATED, REVIEW))
+        if op.approve:
+            return _task(self._done(op, now, row, "task.approved", {"decided": True}))
+        return _task(self._rework(op, now, row, op.feedback or "", bounded=False))
+
+    def _cancel(self, op: m.Cancel, now: float) -> Task:
+        row = self._load(op.task_id)
+        if row.status in TERMINAL:
+            raise IllegalTransition(row.id, row.status, "cancel")
+        new = self._cancel_row(op, now, row, op.reason, None)
+        self._cascade(row.id, now, op)
+        return _task(new)
+
+    def _retry(self, op: m.Retry, now: float) -> Task:
+        row = self._load(op.task_id)
+        if row.status not in (FAILED, CANCELLED):
+            raise IllegalTransition(row.id, row.status, "retry", "only failed or cancelled")
+        deps = [int(d) for d in row.deps.split(",")] if row.deps else []
+        found = self._statuses(deps)
+        broken = tuple(sorted(d for d, s in found.items() if s in (FAILED, CANCELLED)))
+        if broken:
+            raise DependencyError(
+                f"cannot retry task {row.id}: its dependencies "
+                f"{', '.join(map(str, broken))} failed or were cancelled; retry them first",
+                broken,
+            )
+        pending = sum(1 for s in found.values() if s != DONE)
+        new = self._update(row.id, now, status=QUEUED, attempts_base=row.attempts,
+                           not_before=now, error=None, pending_deps=pending, **_NO_LEASE)
+        self._emit(op, now, "task.queued", new, {"retry": True})
+        return _task(new)
+
+    def _sweep(self, op: m.SweepLeases, now: float) -> list[Task]:
+        rows = self._conn.execute(
+            f"SELECT {_COLS} FROM tasks WHERE lease_expires_at IS NOT NULL "
+            "AND lease_expires_at < ? ORDER BY id",
+            (now,),
+        ).fetchall()
+        changed = []
+        for raw in rows:
+            row = _Row._make(raw)
+            if row.status == RUNNING:
+                self._close_run(row, now, "expired")
+                error = f"lease of {row.lease_owner} expired"
+                changed.append(_task(self._failed_attempt(
+                    op, now, row, error, True, None, {"expired": True}
+                )))
+            else:
+                new = self._update(row.id, now, fencing_token=row.fencing_token + 1,
+                                   **_NO_LEASE)
+                changed.append(_task(new))
+        return changed
+
+    def _store_plan(self, op: m.StorePlan, now: float) -> StoredPlan:
+        plan = self._leased(op.task_id, op.token, (RUNNING,))
+        entries = [_planned(i, entry) for i, entry in enumerate(op.subtasks)]
+        by_key: dict[str, PlannedTask] = {}
+        for entry in entries:
+            if entry.key in by_key:
+                raise InvalidPlan(f"duplicate key {entry.key!r} in the plan")
+            by_key[entry.key] = entry
+        existing = sorted({d for e in entries for d in e.depends_on if isinstance(d, int)})
+        found = self._statuses(existing)
+        for entry in entries:
+            for dep in entry.depends_on:
+                if isinstance(dep, str) and dep not in by_key:
+                    raise InvalidPlan(f"entry {entry.key!r} depends on unknown key {dep!r}")
+                if isinstance(dep, int) and dep not in found:
+                    raise InvalidPlan(f"entry {entry.key!r} depends on unknown task {dep}")
+                if dep == entry.key:
+                    raise InvalidPlan(f"entry {entry.key!r} depends on itself")
+        order = _topological(entries)
+        ids: dict[str, int] = {}
+        rows: dict[str, _Row] = {}
+        for entry in order:
+            deps = sorted({ids[d] if isinstance(d, str) else d for d in entry.depends_on})
+            statuses = {**found, **{ids[k]: rows[k].status for k in ids}}
+            row = self._insert_task(
+                op, now, kind=entry.kind, title=entry.title, prompt=entry.prompt,
+                priority=entry.priority, deps=deps, dep_status=statuses,
+                max_attempts=entry.max_attempts, retry_delay=entry.retry_delay,
+                metadata=entry.metadata, parent_id=plan.id, not_before=now,
+                extra={"plan": plan.id, "key": entry.key},
+            )
+            ids[entry.key] = row.id
+            rows[entry.key] = row
+        keyed = {e.key: ids[e.key] for e in entries}
+        self._close_run(plan, now, "succeeded")
+        result = op.result if op.result is not None else {"tasks": keyed}
+        self._update(plan.id, now, result=_json(result), error=None)
+        self._emit(op, now, "plan.stored", plan, {"tasks": keyed})
+        if op.review:
+            new = self._update(plan.id, now, status=REVIEW, **_NO_LEASE)
+            self._emit(op, now, "task.succeeded", new, {"attempt": plan.attempts})
+            self._emit(op, now, "task.review", new)
+        else:
+            new = self._done(op, now, plan, "task.succeeded", {"attempt": plan.attempts})
+        tasks = {e.key: _task(self._load(ids[e.key])) for e in entries}
+        return StoredPlan(plan=_task(new), tasks=tasks)
+
+    # ------------------------------------------------------------------- reads
+
+    def _get(self, op: m.Get, now: float) -> Task:
+        return _task(self._load(op.task_id))
+
+    def _list(self, op: m.ListTasks, now: float) -> list[Task]:
+        sql = f"SELECT {_COLS} FROM tasks WHERE id > ?"
+        args: list[Any] = [op.after_id]
+        if op.status is not None:
+            wanted = (op.status,) if isinstance(op.status, str) else tuple(op.status)
+            unknown = [s for s in wanted if s not in STATUSES]
+            if unknown:
+                raise ValueError(f"unknown status {unknown[0]!r}; expected one of {STATUSES}")
+            sql += f" AND status IN ({','.join('?' * len(wanted))})"
+            args.extend(wanted)
+        if op.kind is not None:
+            sql += " AND kind = ?"
+            args.append(op.kind)
+        if op.parent_id is not None:
+            sql += " AND parent_id = ?"
+            args.append(op.parent_id)
+        sql += " ORDER BY id"
+        if op.limit is not None:
+            sql += " LIMIT ?"
+            args.append(op.limit)
+        return [_task(_Row._make(r)) for r in self._conn.execute(sql, args)]
+
+    def _counts(self, op: m.Counts, now: float) -> dict[str, Any]:
+        counts = dict.fromkeys(STATUSES, 0)
+        kinds: dict[str, dict[str, int]] = {}
+        for kind, status, n in self._conn.execute(
+            "SELECT kind, status, count(*) FROM tasks GROUP BY kind, status"
+        ):
+            counts[status] += n
+            kinds.setdefault(kind, dict.fromkeys(STATUSES, 0))[status] = n
+        return {"counts": counts, "kinds": kinds}
+
+    def _events_since(self, op: m.EventsSince, now: float) -> list[Event]:
+        sql = "SELECT seq, ts, type, task_id, actor, correlation_id, payload FROM events "
+        if op.task_id is None:
+            rows = self._conn.execute(sql + "WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (op.since, op.limit))
+        else:
+            rows = self._conn.execute(
+                sql + "WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (op.task_id, op.since, op.limit),
+            )
+        return [Event(s, ts, t, tid, a, c, json.loads(p)) for s, ts, t, tid, a, c, p in rows]
+
+    def _get_runs(self, op: m.GetRuns, now: float) -> list[Run]:
+        self._load(op.task_id)
+        rows = self._conn.execute(
+            "SELECT id, task_id, attempt, fencing_token, worker, hive_id, started_at, "
+            "ended_at, exit_code, duration, output_tail, pgid, outcome FROM runs "
+            "WHERE task_id = ? ORDER BY id",
+            (op.task_id,),
+        )
+        return [Run(*r) for r in rows]
+
+    def _touch_hive(self, op: m.TouchHive, now: float) -> None:
+        self._conn.execute(
+            "UPDATE hives SET heartbeat_at = ? WHERE id = ?", (now, self.hive_id)
+        )
+
+
+_NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_hive": None, "lease_expires_at": None}
+
+
+def _planned(index: int, entry: Any) -> PlannedTask:
+    if isinstance(entry, PlannedTask):
+        item = entry
+    elif isinstance(entry, Mapping):
+        unknown = sorted(set(entry) - _PLAN_FIELDS)
+        if unknown:
+            raise InvalidPlan(f"entry {index} has unknown fields: {', '.join(unknown)}")
+        for field in ("key", "title", "kind"):
+            if field not in entry:
+                raise InvalidPlan(f"entry {index} has no {field!r}")
+        try:
+            item = PlannedTask(**{k: v for k, v in entry.items() if v is not None})
+        except (TypeError, ValueError) as exc:
+            raise InvalidPlan(f"entry {index} is malformed: {exc}") from exc
+    else:
+        raise InvalidPlan(f"entry {index} is not an object: {entry!r}")
+    where = f"entry {index} ({item.key!r})" if isinstance(item.key, str) else f"entry {index}"
+    for field in ("key", "title", "kind"):
+        value = getattr(item, field)
+        if not isinstance(value, str) or not value:
+            raise InvalidPlan(f"{where}: {field} must be a non-empty string, got {value!r}")
+    if not isinstance(item.prompt, str):
+        raise InvalidPlan(f"{where}: prompt must be a string")
+    if not isinstance(item.priority, int) or isinstance(item.priority, bool):
+        raise InvalidPlan(f"{where}: priority must be an integer")
+    if not isinstance(item.max_attempts, int) or item.max_attempts < 1:
+        raise InvalidPlan(f"{where}: max_attempts must be an integer >= 1")
+    if not isinstance(item.retry_delay, int | float) or item.retry_delay < 0:
+        raise InvalidPlan(f"{where}: retry_delay must be a number >= 0")
+    for dep in item.depends_on:
+        if isinstance(dep, bool) or not isinstance(dep, str | int):
+            raise InvalidPlan(f"{where}: depends_on must hold keys or task ids, got {dep!r}")
+    return item
+
+
+def _topological(entries: list[PlannedTask]) -> list[PlannedTask]:
+    """Entries in an order where every key comes after its dependencies, or
+    ``InvalidPlan`` naming a cycle."""
+    by_key = {e.key: e for e in entries}
+    state: dict[str, int] = {}  # 1 = in progress, 2 = done
+    order: list[PlannedTask] = []
+    for root in entries:
+        if root.key in state:
+            continue
+        stack: list[tuple[str, int]] = [(root.key, 0)]
+        path: list[str] = []
+        while stack:
+            key, i = stack.pop()
+            if i == 0:
+                state[key] = 1
+                path.append(key)
+            deps = [d for d in by_key[key].depends_on if isinstance(d, str)]
+            if i < len(deps):
+                stack.append((key, i + 1))
+                dep = deps[i]
+                if state.get(dep) == 1:
+                    cycle = path[path.index(dep):] + [dep]
+                    raise InvalidPlan(f"the plan has a cycle: {' -> '.join(cycle)}")
+                if dep not in state:
+                    stack.append((dep, 0))
+            else:
+                state[key] = 2
+                path.pop()
+                order.append(by_key[key])
+    return order
+
+
+__all__ = ["Engine", "backoff_delay", "tail", "MAX_BACKOFF", "OUTPUT_TAIL_BYTES", "StoreError"]
