@@ -57,12 +57,16 @@ class Actor:
         raise ActorError(f"{type(self).__name__} does not handle {message!r}")
 
 
-class _Reply:
-    """A single-use reply slot: the actor wakes the waiting asker directly."""
+class _Ask:
+    """An asked message and its single-use reply slot; the actor wakes the asker directly.
 
-    __slots__ = ("_task", "_outcome", "_abandoned")
+    Told messages travel through the mailbox as they are; asked ones in this wrapper.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("message", "_task", "_outcome", "_abandoned")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
         self._task: Any = None
         self._outcome: outcome.Outcome | None = None
         self._abandoned = False
@@ -121,7 +125,7 @@ class ActorRef:
         (and counts a dead letter) if the actor has stopped for good.
         """
         try:
-            await self._cell.send.send((message, None))
+            await self._cell.send.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._cell.dead_letter(message) from None
 
@@ -131,7 +135,7 @@ class ActorRef:
         Raises ``ActorStopped`` (and counts a dead letter) if the actor is gone.
         """
         try:
-            self._cell.send.send_nowait((message, None))
+            self._cell.send.send_nowait(message)
         except trio.WouldBlock:
             raise MailboxFull(f"mailbox of actor {self.name!r} is full") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -148,19 +152,19 @@ class ActorRef:
         cell = self._cell
         if cell.task is not None and cell.task is trio.lowlevel.current_task():
             raise ActorError(f"actor {self.name!r} asked itself: that would deadlock")
-        reply = _Reply()
+        request = _Ask(message)
         if timeout is None:
             try:
-                await cell.send.send((message, reply))
+                await cell.send.send(request)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise cell.dead_letter(message) from None
-            return await reply.wait()
+            return await request.wait()
         with trio.move_on_after(timeout):
             try:
-                await cell.send.send((message, reply))
+                await cell.send.send(request)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise cell.dead_letter(message) from None
-            return await reply.wait()
+            return await request.wait()
         raise AskTimeout(f"actor {self.name!r} did not reply within {timeout} s")
 
     async def stop(self) -> None:
@@ -196,7 +200,7 @@ class _ActorCell:
         self.args = args
         self.name = name
         self.restart = restart
-        self.send, self.receive = trio.open_memory_channel[tuple](mailbox_size)
+        self.send, self.receive = trio.open_memory_channel[Any](mailbox_size)
         self.ref = ActorRef(self)
         self.processed = 0
         self.restarts = 0
@@ -206,7 +210,7 @@ class _ActorCell:
         self.gone = trio.Event()
         self.final = False  # asked to stop for good
         self.stop_requested = False  # the current incarnation should leave its loop
-        self.in_handle = False
+        self.idle = False  # waiting for a message (so a stop can cancel at once)
         self.task: Any = None
         self.scope: trio.CancelScope | None = None
 
@@ -223,6 +227,7 @@ class _ActorCell:
     async def run(self, started: Any) -> None:
         """Build a fresh actor from the factory and feed it until asked to leave."""
         self.stop_requested = False
+        self.idle = False
         self.task = trio.lowlevel.current_task()
         actor = None
         try:
@@ -255,77 +260,82 @@ class _ActorCell:
                 log.exception("actor %r: stopped() raised", self.name)
 
     async def _loop(self, actor: Actor) -> None:
-        receive = self.receive
+        # The hot path: take what is already waiting without a scheduler pass per
+        # message, yielding every _YIELD_EVERY messages so others get to run.
+        receive_nowait = self.receive.receive_nowait
+        receive = self.receive.receive
         handle = actor.handle
+        waiting = _waiting_items(self.receive)
         budget = _YIELD_EVERY
         while not self.stop_requested:
-            if budget <= 0:
+            try:
+                if not waiting():
+                    raise trio.WouldBlock
+                item = receive_nowait()
+            except trio.WouldBlock:
+                self.idle = True
+                item = await receive()
+                self.idle = False
+                budget = _YIELD_EVERY
+            if type(item) is _Ask:
+                try:
+                    result = await handle(item.message)
+                except Exception as exc:
+                    self.processed += 1
+                    item.deliver(outcome.Error(exc))
+                    raise
+                except BaseException:
+                    item.deliver(outcome.Error(self._stopped_error()))
+                    raise
+                item.deliver(outcome.Value(result))
+            else:
+                try:
+                    await handle(item)
+                except Exception:
+                    self.processed += 1
+                    raise
+            self.processed += 1
+            budget -= 1
+            if not budget:
                 budget = _YIELD_EVERY
                 await trio.lowlevel.checkpoint()
-                if self.stop_requested:
-                    return
-            try:
-                message, reply = receive.receive_nowait()
-                budget -= 1
-            except trio.WouldBlock:
-                budget = _YIELD_EVERY
-                message, reply = await receive.receive()
-            self.in_handle = True
-            try:
-                result = await handle(message)
-            except Exception as exc:
-                self.in_handle = False
-                self.processed += 1
-                if reply is not None:
-                    reply.deliver(outcome.Error(exc))
-                raise
-            except BaseException:
-                self.in_handle = False
-                if reply is not None:
-                    reply.deliver(outcome.Error(self._stopped_error()))
-                raise
-            self.in_handle = False
-            self.processed += 1
-            if reply is not None:
-                reply.deliver(outcome.Value(result))
 
     async def _batch_loop(self, actor: Any) -> None:
         receive = self.receive
         while not self.stop_requested:
+            self.idle = True
             batch = [await receive.receive()]
+            self.idle = False
             while len(batch) < _BATCH_LIMIT:
                 try:
                     batch.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            self.in_handle = True
+            messages = [item.message if type(item) is _Ask else item for item in batch]
             try:
-                outcomes = await actor.handle_batch([message for message, _ in batch])
+                outcomes = await actor.handle_batch(messages)
                 if len(outcomes) != len(batch):
                     raise TypeError(
                         f"{type(actor).__name__}.handle_batch returned {len(outcomes)} "
                         f"outcomes for {len(batch)} messages"
                     )
             except Exception as exc:
-                self.in_handle = False
                 self.processed += len(batch)
-                for _, reply in batch:
-                    if reply is not None:
-                        reply.deliver(outcome.Error(exc))
+                for item in batch:
+                    if type(item) is _Ask:
+                        item.deliver(outcome.Error(exc))
                 raise
             except BaseException:
-                self.in_handle = False
-                for _, reply in batch:
-                    if reply is not None:
-                        reply.deliver(outcome.Error(self._stopped_error()))
+                for item in batch:
+                    if type(item) is _Ask:
+                        item.deliver(outcome.Error(self._stopped_error()))
                 raise
-            self.in_handle = False
             self.processed += len(batch)
-            for (message, reply), result in zip(batch, outcomes, strict=True):
-                if reply is not None:
-                    reply.deliver(result)
+            for item, result in zip(batch, outcomes, strict=True):
+                if type(item) is _Ask:
+                    item.deliver(result)
                 elif isinstance(result, outcome.Error):
-                    log.error("actor %r: told message %r failed: %r", self.name, message, result.error)
+                    log.error("actor %r: told message %r failed: %r", self.name, item, result.error)
 
     def _stopped_error(self) -> ActorStopped:
         return ActorStopped(f"actor {self.name!r} stopped while handling the message")
@@ -338,11 +348,11 @@ class _ActorCell:
         scope = self.scope
         if scope is None:
             return
-        if self.in_handle:
+        if self.idle:
+            scope.cancel()
+        else:  # handling a message: it gets the shutdown timeout to finish
             deadline = trio.current_time() + self.system.shutdown_timeout
             scope.deadline = min(scope.deadline, deadline)
-        else:
-            scope.cancel()
 
     async def stop_for_good(self) -> None:
         if self.gone.is_set():
@@ -367,15 +377,31 @@ class _ActorCell:
         self.final = True
         while True:
             try:
-                message, reply = self.receive.receive_nowait()
+                item = self.receive.receive_nowait()
             except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                 break
-            error = self.dead_letter(message)
-            if reply is not None:
-                reply.deliver(outcome.Error(error))
+            if type(item) is _Ask:
+                item.deliver(outcome.Error(self.dead_letter(item.message)))
+            else:
+                self.dead_letter(item)
         self.receive.close()
         self.gone.set()
         self.system._actor_gone(self, reason)
+
+
+def _waiting_items(receive: Any) -> Any:
+    """A cheap "is anything waiting?" test for a trio memory receive channel.
+
+    Raising and catching WouldBlock on every empty mailbox costs more than handling a
+    small message, so peek at the channel's buffer when this trio version exposes
+    it; otherwise answer "maybe" and let receive_nowait decide.
+    """
+    state = getattr(receive, "_state", None)
+    data = getattr(state, "data", None)
+    send_tasks = getattr(state, "send_tasks", None)
+    if data is None or send_tasks is None:
+        return lambda: True
+    return lambda: data or send_tasks
 
 
 def check_spawn_args(name: str | None, mailbox_size: Any, restart: str) -> None:
