@@ -1,0 +1,362 @@
+"""open_hive(): the whole Hive in the caller's nursery, and the Hive handle."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..actors import Actor, ActorRef, ActorSystem, Missed, Published, open_actor_system
+from ..store import QUEUED, REVIEW, RUNNING, Event, Task, open_store
+from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, tick
+
+log = logging.getLogger("hive_actors.hive")
+
+_ACTIVE = (QUEUED, RUNNING, REVIEW)  # statuses that keep a hive from being idle
+_POLL = 1.0  # seconds between re-reads of the database for changes made elsewhere
+
+
+class _Runtime:
+    """What the Hive's actors share: config, store, launcher, running attempts."""
+
+    def __init__(self, config: Any, store: Any, launcher: Any, workspaces: Path) -> None:
+        self.config = config
+        self.store = store
+        self.launcher = launcher
+        self.workspaces = workspaces
+        self.lease_seconds = config.lease_seconds
+        self.attempts: dict[int, Any] = {}  # task id -> slot actor running it
+        self._drained = trio.Event()
+        self.queen: ActorRef | None = None
+        self.pools: dict[str, list[ActorRef]] = {}
+        self.closing = False
+
+    def attempt_started(self, task_id: int, slot: Any) -> None:
+        self.attempts[task_id] = slot
+
+    def attempt_ended(self, task_id: int) -> None:
+        self.attempts.pop(task_id, None)
+        if not self.attempts:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    async def attempts_drained(self) -> None:
+        """Return once no attempt runs in this process."""
+        if self.attempts:
+            await self._drained.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def needs_review(self, kind: str) -> bool:
+        config = self.config.kinds.get(kind)
+        review = None if config is None else config.review
+        return self.config.reviewer is not None if review is None else bool(review)
+
+
+class _Changes(Actor):
+    """Wakes the Hive's waiters when the store publishes an event."""
+
+    def __init__(self, waiters: _Waiters) -> None:
+        self.waiters = waiters
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, Published):
+            event = message.payload
+            if isinstance(event, Event) and event.seq is not None:
+                self.waiters.changed(event.task_id)
+        elif isinstance(message, Missed):
+            self.waiters.changed(None)
+
+
+class _Waiters:
+    """Per-task and hive-wide trio Events, replaced each time they fire."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[int, trio.Event] = {}
+        self.any = trio.Event()
+
+    def for_task(self, task_id: int) -> trio.Event:
+        event = self.by_task.get(task_id)
+        if event is None:
+            event = self.by_task[task_id] = trio.Event()
+        return event
+
+    def for_any(self) -> trio.Event:
+        return self.any
+
+    def changed(self, task_id: int | None) -> None:
+        if task_id is None:
+            for event in self.by_task.values():
+                event.set()
+            self.by_task.clear()
+        else:
+            event = self.by_task.pop(task_id, None)
+            if event is not None:
+                event.set()
+        self.any.set()
+        self.any = trio.Event()
+
+
+async def _wait_changed(event: trio.Event) -> None:
+    with trio.move_on_after(_POLL):  # changes made by other processes are polled
+        await event.wait()
+
+
+class Hive:
+    """A running hive: submit work, watch it, decide escalations.
+
+    Every method talks to the store (the DB actor), so what it returns is on disk.
+    Get one from ``open_hive``.
+    """
+
+    def __init__(self, runtime: _Runtime, system: ActorSystem, waiters: _Waiters) -> None:
+        self._rt = runtime
+        self._waiters = waiters
+        self.system = system
+        self.store = runtime.store
+        self.config = runtime.config
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self.store.path
+
+    async def submit(
+        self,
+        *,
+        kind: str,
+        title: str,
+        prompt: str = "",
+        priority: int = 0,
+        depends_on: Any = (),
+        max_attempts: int | None = None,
+        metadata: Any = None,
+    ) -> Task:
+        """Store a new task and return it once it is on disk.
+
+        Any kind is accepted (another hive sharing the database may serve it);
+        ``max_attempts`` defaults to the kind's setting (3 for kinds not configured
+        here).  Raises ``DependencyError`` for unknown dependencies.
+        """
+        config = self._rt.config.kinds.get(kind)
+        if max_attempts is None:
+            max_attempts = config.max_attempts if config is not None else 3
+        retry_delay = config.retry_delay if config is not None else 1.0
+        return await self.store.submit(
+            kind, title, prompt, priority=priority, depends_on=depends_on,
+            max_attempts=max_attempts, retry_delay=retry_delay, metadata=metadata,
+            actor="submit",
+        )
+
+    async def plan(self, *, title: str, prompt: str = "", priority: int = 0) -> Task:
+        """Submit a planning request (a task of kind ``plan``) for the Planner."""
+        return await self.store.submit(PLAN_KIND, title, prompt, priority=priority, actor="submit")
+
+    async def cancel(self, task_id: int) -> Task:
+        """Cancel a task (and its unfinished dependents); a running agent is killed."""
+        task = await self.store.cancel(task_id, actor="person")
+        slot = self._rt.attempts.get(task_id)
+        if slot is not None:
+            slot.cancel_attempt("cancelled")
+        return task
+
+    async def retry(self, task_id: int) -> Task:
+        """Put a failed or cancelled task back in the queue with a fresh attempt budget."""
+        return await self.store.retry(task_id, actor="person")
+
+    async def review(self, task_id: int, *, approve: bool, feedback: str | None = None) -> Task:
+        """A person's decision on an escalated (or in-review) task: done, or rework."""
+        return await self.store.decide(task_id, approve=approve, feedback=feedback, actor="person")
+
+    async def get(self, task_id: int) -> Task:
+        """The task as stored now; ``TaskNotFound`` if there is none."""
+        return await self.store.get(task_id)
+
+    async def list(self, status: str | None = None, kind: str | None = None) -> list[Task]:
+        """Tasks in id order, optionally filtered by status and kind."""
+        return await self.store.list(status, kind)
+
+    async def wait(self, task_id: int, timeout: float | None = None) -> Task:  # noqa: ASYNC109 (contract API)
+        """Return the task once it is terminal (done, failed or cancelled).
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                changed = self._waiters.for_task(task_id)
+                task = await self.store.get(task_id)
+                if task.terminal:
+                    return task
+                await _wait_changed(changed)
+        raise TimeoutError(f"task {task_id} did not finish within {timeout} s")
+
+    async def wait_idle(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109 (contract API)
+        """Return ``status()`` once no task of a kind served here is queued, running
+        or in review (escalated tasks wait for a person and do not count).
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        served = self.served_kinds()
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                changed = self._waiters.for_any()
+                status = await self.status()
+                if not any(
+                    counts.get(s, 0) for kind, counts in status["kinds"].items()
+                    if kind in served for s in _ACTIVE
+                ):
+                    return status
+                await _wait_changed(changed)
+        raise TimeoutError(f"the hive was not idle within {timeout} s")
+
+    def served_kinds(self) -> frozenset[str]:
+        """The task kinds this hive runs (its configured kinds, and ``plan`` with a planner)."""
+        kinds = set(self._rt.config.kinds)
+        if self._rt.config.planner is not None:
+            kinds.add(PLAN_KIND)
+        return frozenset(kinds)
+
+    async def status(self) -> dict[str, Any]:
+        """``{"counts": {status: n}, "kinds": {kind: {status: n}}}``, as ``hive status --json``.
+
+        ``kinds`` covers every kind in the database, served here or not.
+        """
+        return await self.store.counts()
+
+    async def events(self, since: int = 0, *, follow: bool = True) -> AsyncIterator[Event]:
+        """Persisted events with ``seq > since``, in order.
+
+        With ``follow`` (the default) it then waits for new ones forever: close it
+        with ``contextlib.aclosing`` when you stop early.  Without, it ends once it
+        has caught up.
+        """
+        seq = since
+        while True:
+            changed = self._waiters.for_any()
+            page = await self.store.events_since(seq, limit=1000)
+            for event in page:
+                seq = event.seq
+                yield event
+            if len(page) == 1000:
+                continue
+            if not follow:
+                return
+            await _wait_changed(changed)
+
+    def running(self) -> dict[int, str]:
+        """Tasks running in this process: task id → the slot actor running it."""
+        return {task_id: slot.ref.name for task_id, slot in self._rt.attempts.items()}
+
+
+def _pools(config: Any) -> dict[str, tuple[type, int]]:
+    pools: dict[str, tuple[type, int]] = {
+        kind: (Worker, kind_config.concurrency) for kind, kind_config in config.kinds.items()
+    }
+    if config.planner is not None:
+        pools[PLAN_KIND] = (Planner, config.planner.concurrency)
+    if config.reviewer is not None:
+        pools[REVIEW_POOL] = (Reviewer, config.reviewer.concurrency)
+    return pools
+
+
+@asynccontextmanager
+async def open_hive(
+    path: str | os.PathLike[str] | None,
+    config: Any,
+    *,
+    system: ActorSystem | None = None,
+    grace: float = 10.0,
+    tick: float = 0.25,
+    synchronous: str = "NORMAL",
+    clock: Callable[[], float] | None = None,
+    store_inline: bool = False,
+) -> AsyncIterator[Hive]:
+    """Run a hive on the database at ``path`` (``None``: ``config.db``) for the block.
+
+    Opening recovers what a dead hive left (its running tasks re-queued, its agents'
+    process groups killed) before any task runs.  Leaving the block stops gracefully:
+    no new claims; running attempts get ``grace`` seconds, then their agents are
+    killed and their tasks re-queued (not failed).  Pass ``system`` to run the hive's
+    actors in an actor system of your own, beside your own actors.  ``clock`` and
+    ``store_inline`` exist for tests driven by trio's autojump clock.
+    """
+    if path is None:
+        path = getattr(config, "db", None)
+        if path is None:
+            raise ValueError("open_hive needs a database path (or a config with [hive] db)")
+    path = Path(path)
+    workspaces = Path(config.workspaces) if config.workspaces else path.parent / f"{path.name}.workspaces"
+    async with AsyncExitStack() as stack:
+        if system is None:
+            system = await stack.enter_async_context(open_actor_system())
+        store_options: dict[str, Any] = {"synchronous": synchronous, "inline": store_inline}
+        if clock is not None:
+            store_options["clock"] = clock
+        store = await stack.enter_async_context(open_store(system, str(path), **store_options))
+        if store.recovery.pgids:
+            from ._command import kill_process_groups
+
+            killed = kill_process_groups(store.recovery.pgids)
+            log.warning("killed %d agent process group(s) left by a dead hive", len(killed))
+        roles = [*config.kinds.values(), config.reviewer, config.planner]
+        if any(role is not None and role.loop == "asyncio" for role in roles):
+            import trio_asyncio
+
+            await stack.enter_async_context(trio_asyncio.open_loop())
+        launcher = None
+        if any(role is not None and role.backend is None for role in roles):
+            from ._command import AgentLauncher
+
+            launcher = stack.enter_context(AgentLauncher())
+        runtime = _Runtime(config, store, launcher, workspaces)
+        waiters = _Waiters()
+        changes = await system.spawn(_Changes, waiters, name=f"hive-changes-{id(runtime)}")
+        await system.bus.subscribe("task.*", changes, buffer=4096)
+        await system.bus.subscribe("plan.*", changes, buffer=4096)
+        supervisors = []
+        for pool, (role, size) in _pools(config).items():
+            sup = await system.spawn_supervisor(
+                f"hive-{pool}-{id(runtime)}", max_restarts=max(10, size), within=10.0
+            )
+            supervisors.append(sup)
+            runtime.pools[pool] = [
+                await sup.spawn(role, runtime, pool, name=f"{pool}-{i}-{id(runtime)}", mailbox_size=4)
+                for i in range(size)
+            ]
+        queen = await system.spawn(Queen, runtime, runtime.pools, name=f"queen-{id(runtime)}",
+                                   mailbox_size=math.inf)
+        runtime.queen = queen
+        hive = Hive(runtime, system, waiters)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_tick_queen, queen, tick)
+            try:
+                yield hive
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _shutdown(runtime, grace)
+                    nursery.cancel_scope.cancel()
+                    await queen.stop()
+                    for sup in reversed(supervisors):
+                        await sup.stop()
+                    await changes.stop()
+
+
+async def _tick_queen(queen: ActorRef, interval: float) -> None:
+    await tick(queen, interval)
+
+
+async def _shutdown(runtime: _Runtime, grace: float) -> None:
+    """No new claims; give running attempts ``grace`` s, then cancel and re-queue them."""
+    runtime.closing = True
+    with trio.move_on_after(grace):
+        await runtime.attempts_drained()
+    for slot in list(runtime.attempts.values()):
+        slot.cancel_attempt("shutdown")
+    with trio.move_on_after(5):
+        await runtime.attempts_drained()

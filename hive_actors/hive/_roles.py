@@ -1,0 +1,417 @@
+"""The Hive's actors: the Queen, and the slot actors (Worker, Reviewer, Planner).
+
+Each slot actor runs one attempt at a time: the Queen claims ready tasks from the
+store for free slots and hands each to a slot with ``Assign``; the slot runs the
+backend, heartbeats the lease, reports with the fencing token, then tells the Queen
+it is free again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
+from ..store import InvalidPlan, StaleLease, StoreError, Task
+from ._model import Assign, Pump, SlotFree, Tick, Verdict, json_problem
+
+if TYPE_CHECKING:
+    from ._hive import _Runtime
+
+log = logging.getLogger("hive_actors.hive")
+
+PLAN_KIND = "plan"
+REVIEW_POOL = "review"
+
+# What the Queen listens to: anything that can make a task claimable or a slot free.
+QUEEN_TOPICS = ("task.queued", "task.done", "task.review", "task.cancelled", "plan.stored",
+                "task.recovered", "task.retrying", "task.rejected")
+
+
+class _Slot(Actor):
+    """One slot of a pool: runs one attempt at a time (base of the three roles)."""
+
+    def __init__(self, runtime: _Runtime, pool: str) -> None:
+        self.rt = runtime
+        self.pool = pool
+        self.current: tuple[Task, trio.CancelScope] | None = None
+        self.release_reason: str | None = None  # set when the attempt is cancelled
+
+    async def started(self) -> None:
+        # After a restart (a crash), offer ourselves again; at first start the Queen
+        # already counts every slot as free.
+        if self.rt.queen is not None:
+            await self.rt.queen.tell(SlotFree(self.pool, self.ref))
+
+    async def handle(self, message: Any) -> None:
+        if not isinstance(message, Assign):
+            raise TypeError(f"{self.ref.name} got {message!r}, expected Assign")
+        task = message.task
+        try:
+            await self._attempt(task)
+        except BaseException:
+            # A crash (or hard cancellation) mid-task: give the task back at once
+            # rather than after its lease runs out.
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._report(self.rt.store.release, task, "worker stopped mid-attempt")
+            raise
+        if self.rt.queen is not None:
+            await self.rt.queen.tell(SlotFree(self.pool, self.ref))
+
+    async def _attempt(self, task: Task) -> None:
+        rt = self.rt
+        self.release_reason = None
+        with trio.CancelScope() as scope:
+            rt.attempt_started(task.id, self)
+            self.current = (task, scope)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeat, task, scope)
+                    await self.run(task)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.current = None
+                rt.attempt_ended(task.id)
+        if scope.cancelled_caught and self.release_reason == "shutdown":
+            await self._report(rt.store.release, task, "hive shutting down")
+
+    def cancel_attempt(self, reason: str) -> None:
+        """Cancel the running attempt (its agent is killed); ``reason`` says why."""
+        if self.current is not None:
+            self.release_reason = reason
+            self.current[1].cancel()
+
+    async def _heartbeat(self, task: Task, scope: trio.CancelScope) -> None:
+        lease = self.rt.lease_seconds
+        while True:
+            await trio.sleep(lease / 3)
+            try:
+                await self.rt.store.heartbeat(task.id, task.fencing_token, lease)
+            except StaleLease:
+                # Re-claimed, cancelled (possibly by another process) or finished.
+                log.warning("%s: lease on task %s lost; stopping its attempt", self.ref.name, task.id)
+                self.release_reason = "stale"
+                scope.cancel()
+                return
+
+    async def _report(self, operation: Callable[..., Any], task: Task, *args: Any, **kw: Any) -> Any:
+        """Call a store operation with this attempt's token; a stale token is logged."""
+        try:
+            return await operation(task.id, task.fencing_token, *args, actor=self.ref.name, **kw)
+        except StaleLease as exc:
+            log.warning("%s: %s", self.ref.name, exc)
+        except StoreError as exc:
+            log.warning("%s: could not report task %s: %s", self.ref.name, task.id, exc)
+        return None
+
+    async def run(self, task: Task) -> None:
+        raise NotImplementedError
+
+    # -- helpers shared by the roles --------------------------------------------
+
+    def workspace(self, task: Task) -> Path:
+        path = self.rt.workspaces / str(task.id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    async def call_backend(self, backend: Any, loop: str, task: Task) -> Any:
+        if loop == "asyncio":
+            import trio_asyncio
+
+            return await trio_asyncio.aio_as_trio(backend)(task)
+        return await backend(task)
+
+    async def run_command(self, argv: Any, task: Task, *, timeout: float | None, stdin: str,  # noqa: ASYNC109
+                          log_name: str, phases: Any = None) -> Any:
+        async def record_pgid(pgid: int) -> None:
+            await self._report(self.rt.store.record_run, task, pgid=pgid)
+
+        workspace = self.workspace(task)
+        kw = dict(workspace=workspace, attempt=task.attempts, timeout=timeout, stdin=stdin,
+                  log_path=workspace / log_name, on_spawn=record_pgid)
+        if phases:
+            steps = [(phase.name, phase.command) for phase in phases]
+            return await self.rt.launcher.run_phases(steps, task, **kw)
+        return await self.rt.launcher.run(argv, task, **kw)
+
+
+def _timeout_scope(timeout: float | None) -> trio.CancelScope:
+    return trio.move_on_after(math.inf if timeout is None else timeout)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _command_failure(result: Any, timeout: float | None) -> str:
+    where = f"phase {result.phase!r}: " if getattr(result, "phase", None) else ""
+    if result.timed_out:
+        return f"{where}timeout: the agent ran longer than {timeout} s and was killed"
+    lines = [line for line in result.output_tail.splitlines() if line.strip()]
+    last = f": {lines[-1][:500]}" if lines else ""
+    return f"{where}exit code {result.exit_code}{last}"
+
+
+class Worker(_Slot):
+    """Runs attempts of one kind with the kind's backend or command."""
+
+    async def run(self, task: Task) -> None:
+        rt = self.rt
+        kind = rt.config.kinds[task.kind]
+        review = rt.needs_review(task.kind)
+        if kind.backend is not None:
+            result, error = None, None
+            with _timeout_scope(kind.timeout) as timer:
+                try:
+                    result = await self.call_backend(kind.backend, kind.loop, task)
+                except Exception as exc:
+                    error = _error_text(exc)
+            if timer.cancelled_caught:
+                error = f"timeout: the backend ran longer than {kind.timeout} s"
+            if error is None:
+                error = json_problem(result)
+            if error is not None:
+                await self._report(rt.store.fail, task, error)
+            else:
+                await self._report(rt.store.succeed, task, result, review=review)
+            return
+        outcome = await self.run_command(
+            kind.command, task, timeout=kind.timeout, stdin=kind.stdin,
+            log_name=f"attempt-{task.attempts}.log", phases=kind.phases,
+        )
+        if outcome.ok:
+            await self._report(rt.store.succeed, task, outcome.result, review=review,
+                               exit_code=outcome.exit_code, output_tail=outcome.output_tail)
+        else:
+            await self._report(rt.store.fail, task, _command_failure(outcome, kind.timeout),
+                               exit_code=outcome.exit_code, output_tail=outcome.output_tail)
+
+
+def verdict_from(value: Any) -> Verdict:
+    """A reviewer backend's answer as a Verdict: a Verdict, a bool, or a mapping."""
+    if isinstance(value, Verdict):
+        return value
+    if isinstance(value, bool):
+        return Verdict(approved=value)
+    if isinstance(value, Mapping):
+        return Verdict(approved=bool(value.get("approved", False)),
+                       feedback=value.get("feedback") or "",
+                       escalate=bool(value.get("escalate", False)))
+    raise TypeError(f"a reviewer must return a Verdict, a bool or a mapping, got {value!r}")
+
+
+class Reviewer(_Slot):
+    """Reviews finished attempts: approve → done, reject → rework, escalate → a person."""
+
+    async def run(self, task: Task) -> None:
+        rt = self.rt
+        reviewer = rt.config.reviewer
+        try:
+            if reviewer.backend is not None:
+                verdict = verdict_from(await self.call_backend(reviewer.backend, reviewer.loop, task))
+            else:
+                verdict = await self._command_verdict(task)
+        except Exception as exc:
+            # A reviewer that cannot decide hands the decision to a person.
+            verdict = Verdict(escalate=True, feedback=f"reviewer failed: {_error_text(exc)}")
+        store = rt.store
+        if verdict.escalate:
+            await self._report(_with_token(store.escalate), task, verdict.feedback)
+        elif verdict.approved:
+            await self._report(_with_token(store.approve), task)
+        else:
+            await self._report(_with_token(store.reject), task, verdict.feedback or "rejected")
+
+    async def _command_verdict(self, task: Task) -> Verdict:
+        reviewer = self.rt.config.reviewer
+        outcome = await self.run_command(
+            reviewer.command, task, timeout=reviewer.timeout, stdin=reviewer.stdin,
+            log_name=f"review-{task.attempts}.log",
+        )
+        if outcome.timed_out:
+            raise TimeoutError("the reviewer command timed out")
+        result = outcome.result
+        if isinstance(result, Mapping) and ("approved" in result or "escalate" in result):
+            return verdict_from(result)
+        return Verdict(approved=outcome.exit_code == 0, feedback=outcome.stdout.strip()[-8000:])
+
+
+def _with_token(operation: Callable[..., Any]) -> Callable[..., Any]:
+    """Adapt approve/reject/escalate (token as keyword) to _report's calling style."""
+
+    async def call(task_id: int, token: int, *args: Any, **kw: Any) -> Any:
+        return await operation(task_id, *args, token=token, **kw)
+
+    return call
+
+
+def parse_plan(value: Any, kinds: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Check a planner's answer; return its subtasks or raise InvalidPlan naming the problem."""
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidPlan(f"the planner's output is not JSON: {exc}") from None
+    if isinstance(value, Mapping):
+        if "tasks" not in value:
+            raise InvalidPlan('the planner\'s JSON object has no "tasks" list')
+        value = value["tasks"]
+    if not isinstance(value, list):
+        raise InvalidPlan(f"a plan must be a list of subtasks, got {type(value).__name__}")
+    subtasks = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise InvalidPlan(f"subtask {index} is not an object: {entry!r:.200}")
+        for field in ("key", "title", "kind"):
+            if not isinstance(entry.get(field), str) or not entry.get(field):
+                raise InvalidPlan(f"subtask {index} has no {field!r} (a non-empty string)")
+        kind = entry["kind"]
+        if kind not in kinds:
+            raise InvalidPlan(
+                f"subtask {entry['key']!r} has unknown kind {kind!r}; known: {', '.join(sorted(kinds))}"
+            )
+        depends_on = entry.get("depends_on", [])
+        if isinstance(depends_on, str) or not isinstance(depends_on, list | tuple):
+            raise InvalidPlan(f"subtask {entry['key']!r}: depends_on must be a list of keys")
+        priority = entry.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidPlan(f"subtask {entry['key']!r}: priority must be an integer")
+        prompt = entry.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise InvalidPlan(f"subtask {entry['key']!r}: prompt must be a string")
+        config = kinds[kind]
+        subtasks.append({
+            "key": entry["key"], "title": entry["title"], "kind": kind, "prompt": prompt,
+            "depends_on": list(depends_on), "priority": priority,
+            "max_attempts": config.max_attempts, "retry_delay": config.retry_delay,
+        })
+    return subtasks
+
+
+class Planner(_Slot):
+    """Turns a ``plan`` task into subtasks with dependencies, stored atomically."""
+
+    async def run(self, task: Task) -> None:
+        rt = self.rt
+        planner = rt.config.planner
+        try:
+            if planner.backend is not None:
+                answer = await self.call_backend(planner.backend, planner.loop, task)
+            else:
+                outcome = await self.run_command(
+                    planner.command, task, timeout=planner.timeout, stdin=planner.stdin,
+                    log_name=f"attempt-{task.attempts}.log",
+                )
+                if not outcome.ok:
+                    await self._report(rt.store.fail, task, "planner " + _command_failure(
+                        outcome, planner.timeout), exit_code=outcome.exit_code,
+                        output_tail=outcome.output_tail)
+                    return
+                answer = outcome.stdout
+            subtasks = parse_plan(answer, rt.config.kinds)
+            stored = await rt.store.store_plan(
+                task.id, task.fencing_token, subtasks, result={"subtasks": len(subtasks)},
+                actor=self.ref.name,
+            )
+            log.info("%s: plan %s stored with %d subtasks", self.ref.name, task.id, len(stored.tasks))
+        except InvalidPlan as exc:
+            await self._report(rt.store.fail, task, f"invalid plan: {exc}", retry=False)
+        except StaleLease as exc:
+            log.warning("%s: %s", self.ref.name, exc)
+        except Exception as exc:
+            await self._report(rt.store.fail, task, f"planner failed: {_error_text(exc)}")
+
+
+class Queen(Actor):
+    """Hands ready tasks to free slots, per pool, by priority then age.
+
+    Reacts to store events (coalesced) and to a periodic tick, on which it also sweeps
+    expired leases.  It never waits on a slot: it only assigns to slots it knows are
+    free.
+    """
+
+    def __init__(self, runtime: _Runtime, pools: Mapping[str, list[ActorRef]]) -> None:
+        self.rt = runtime
+        self.free = {pool: deque(slots) for pool, slots in pools.items()}
+        self.free_set = {pool: set(slots) for pool, slots in pools.items()}
+        self.pump_pending = False
+        self.running: dict[str, int] = {pool: 0 for pool in pools}
+
+    async def started(self) -> None:
+        for topic in QUEEN_TOPICS:
+            await self.system.bus.subscribe(topic, self.ref, buffer=64)
+        await self._request_pump()
+
+    async def _request_pump(self) -> None:
+        if not self.pump_pending:
+            self.pump_pending = True
+            await self.ref.tell(Pump())
+
+    async def handle(self, message: Any) -> None:
+        rt = self.rt
+        if isinstance(message, Pump):
+            self.pump_pending = False
+            await self._claim()
+        elif isinstance(message, SlotFree):
+            if message.slot not in self.free_set[message.pool]:
+                self.free_set[message.pool].add(message.slot)
+                self.free[message.pool].append(message.slot)
+            await self._request_pump()
+        elif isinstance(message, Published):
+            event = message.payload
+            if message.topic == "task.cancelled" and event.task_id in rt.attempts:
+                rt.attempts[event.task_id].cancel_attempt("cancelled")
+            await self._request_pump()
+        elif isinstance(message, Missed | Tick):
+            if isinstance(message, Tick) and message.sweep and not rt.closing:
+                await rt.store.sweep_leases()
+            await self._request_pump()
+        else:
+            raise TypeError(f"the Queen got {message!r}")
+
+    async def _claim(self) -> None:
+        rt = self.rt
+        if rt.closing:
+            return
+        for pool, free in self.free.items():
+            if not free:
+                continue
+            if pool == REVIEW_POOL:
+                tasks = await rt.store.claim_review(
+                    len(free), "reviewer", rt.lease_seconds, kinds=tuple(rt.config.kinds),
+                    actor="queen")
+            else:
+                tasks = await rt.store.claim(pool, len(free), pool, rt.lease_seconds, actor="queen")
+            for task in tasks:
+                slot = free.popleft()
+                self.free_set[pool].discard(slot)
+                try:
+                    slot.tell_nowait(Assign(task))
+                except ActorStopped:
+                    await rt.store.release(task.id, task.fencing_token, "slot gone")
+
+    def busy(self) -> dict[str, int]:
+        """Slots busy per pool (what the live view shows as running here)."""
+        return {pool: len(self.rt.pools[pool]) - len(free) for pool, free in self.free.items()}
+
+
+async def tick(queen: ActorRef, interval: float) -> None:
+    """Send the Queen a Tick every ``interval`` seconds (a sweep every few ticks)."""
+    n = 0
+    while True:
+        await trio.sleep(interval)
+        n += 1
+        try:
+            queen.tell_nowait(Tick(sweep=n % 4 == 0))
+        except ActorStopped:
+            return
+        except MailboxFull:
+            log.debug("queen mailbox full; tick skipped (the next one will do)")
