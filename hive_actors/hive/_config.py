@@ -26,7 +26,7 @@ import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -165,19 +165,25 @@ def _runner_problems(prefix: str, backend: object, command: object, loop: object
 # --------------------------------------------------------------------------- Phase
 
 
-@attrs.frozen
-class Phase:
-    """One named step of a kind's ``phases``: an argv template run in the task's
-    workspace. Checked on construction: ``name`` is a non-empty string and
-    ``command`` a valid argv template (stored as a tuple)."""
-
+class _PhaseFields(NamedTuple):
     name: str
-    command: tuple[str, ...] = attrs.field(converter=_to_argv)
+    command: tuple[str, ...]
 
-    def __attrs_post_init__(self) -> None:
-        problems = _phase_problems("", self.name, self.command)
+
+class Phase(_PhaseFields):
+    """One named step of a kind's ``phases``: an argv template run in the task's
+    workspace. An immutable ``(name, command)`` pair (a named tuple, so it unpacks
+    and compares like one). Checked on construction: ``name`` is a non-empty string
+    and ``command`` a valid argv template, stored as a tuple."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, command: Sequence[str]) -> Phase:
+        command = _to_argv(command)
+        problems = _phase_problems("", name, command)
         if problems:
             raise ConfigError(problems)
+        return super().__new__(cls, name, command)
 
 
 def _phase_problems(prefix: str, name: object, command: object) -> list[str]:

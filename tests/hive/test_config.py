@@ -162,6 +162,9 @@ def test_phases_are_stored_as_phase_objects_in_order(phases):
         Phase("test", ("pytest", "-q")),
     )
     assert [phase.name for phase in kind.phases] == ["apply", "test"]
+    # a Phase is a (name, argv) pair: it unpacks and compares like one
+    name, argv = kind.phases[1]
+    assert (name, argv) == kind.phases[1] == ("test", ("pytest", "-q"))
 
 
 # Each case: KindConfig keyword arguments, then (path, fragments...) of one problem.
