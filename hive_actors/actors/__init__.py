@@ -3,6 +3,7 @@
 from ._actor import Actor, ActorRef
 from ._bus import Bus, Subscription
 from ._errors import ActorError, ActorStopped, AskTimeout, MailboxFull, SupervisorGaveUp
+from ._faults import Fault, FaultInjector, InjectedCrash
 from ._messages import ActorStats, Missed, Published, SystemStats, Terminated
 from ._supervisor import SupervisorRef
 from ._system import ActorSystem, open_actor_system
@@ -15,6 +16,9 @@ __all__ = [
     "ActorStopped",
     "ActorSystem",
     "AskTimeout",
+    "Fault",
+    "FaultInjector",
+    "InjectedCrash",
     "Bus",
     "MailboxFull",
     "Missed",

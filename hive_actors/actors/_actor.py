@@ -265,6 +265,7 @@ class _ActorCell:
         receive_nowait = self.receive.receive_nowait
         receive = self.receive.receive
         handle = actor.handle
+        faults = self.system.faults
         waiting = _waiting_items(self.receive)
         budget = _YIELD_EVERY
         while not self.stop_requested:
@@ -277,6 +278,8 @@ class _ActorCell:
                 item = await receive()
                 self.idle = False
                 budget = _YIELD_EVERY
+            if faults.active:
+                item = await self._inject(faults, item)
             if type(item) is _Ask:
                 try:
                     result = await handle(item.message)
@@ -300,6 +303,22 @@ class _ActorCell:
                 budget = _YIELD_EVERY
                 await trio.lowlevel.checkpoint()
 
+    async def _inject(self, faults: Any, item: Any) -> Any:
+        """Run injected faults for this message; a crash counts as the handler's."""
+        message = item.message if type(item) is _Ask else item
+        try:
+            await faults.before(self.name, message)
+        except Exception as exc:
+            self.processed += 1
+            if type(item) is _Ask:
+                item.deliver(outcome.Error(exc))
+            raise
+        except BaseException:
+            if type(item) is _Ask:
+                item.deliver(outcome.Error(self._stopped_error()))
+            raise
+        return item
+
     async def _batch_loop(self, actor: Any) -> None:
         receive = self.receive
         while not self.stop_requested:
@@ -313,6 +332,9 @@ class _ActorCell:
                     break
             messages = [item.message if type(item) is _Ask else item for item in batch]
             try:
+                if self.system.faults.active:
+                    for message in messages:
+                        await self.system.faults.before(self.name, message)
                 outcomes = await actor.handle_batch(messages)
                 if len(outcomes) != len(batch):
                     raise TypeError(

@@ -12,6 +12,7 @@ import trio
 from ._actor import DEFAULT_MAILBOX_SIZE, ActorRef, _ActorCell
 from ._bus import Bus
 from ._errors import ActorError, ActorStopped, MailboxFull
+from ._faults import FaultInjector
 from ._messages import ActorStats, SystemStats, Terminated
 from ._supervisor import SupervisorRef, _StartedOnce, _Supervisor
 
@@ -21,6 +22,8 @@ class ActorSystem:
 
     Actors spawned with ``spawn`` are children of the root supervisor (``one_for_one``,
     ``max_restarts=3`` within ``5.0`` s).  Get one from ``open_actor_system()``.
+    ``bus`` is its publish/subscribe bus; ``faults`` injects crashes, delays and
+    stalls for tests (inert until used).
     """
 
     def __init__(self, shutdown_timeout: float = 5.0) -> None:
@@ -28,6 +31,7 @@ class ActorSystem:
             raise ValueError(f"shutdown_timeout must be a number >= 0, got {shutdown_timeout!r}")
         self.shutdown_timeout = shutdown_timeout
         self.bus = Bus(self)
+        self.faults = FaultInjector()
         self._root = _Supervisor(self, None, "root", "one_for_one", 3, 5.0)
         self._cells: dict[str, _ActorCell] = {}
         self._names: set[str] = {"root"}

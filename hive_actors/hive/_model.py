@@ -34,10 +34,15 @@ class Assign:
 
 @attrs.frozen
 class SlotFree:
-    """Slot actor → Queen: ``slot`` of ``pool`` is ready for the next task."""
+    """Slot actor → Queen: ``slot`` of ``pool`` is ready for the next task.
+
+    ``restarted`` says the slot was rebuilt after a crash: whatever the Queen had
+    assigned to it is given back to the queue at once.
+    """
 
     pool: str
     slot: ActorRef
+    restarted: bool = False
 
 
 @attrs.frozen

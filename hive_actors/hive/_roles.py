@@ -20,6 +20,7 @@ import trio
 
 from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
 from ..store import InvalidPlan, StaleLease, StoreError, Task
+from ..store.messages import Release
 from ._model import Assign, Pump, SlotFree, Tick, Verdict, json_problem
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class _Slot(Actor):
         # After a restart (a crash), offer ourselves again; at first start the Queen
         # already counts every slot as free.
         if self.rt.queen is not None:
-            await self.rt.queen.tell(SlotFree(self.pool, self.ref))
+            await self.rt.queen.tell(SlotFree(self.pool, self.ref, restarted=True))
 
     async def handle(self, message: Any) -> None:
         if not isinstance(message, Assign):
@@ -60,7 +61,7 @@ class _Slot(Actor):
             # A crash (or hard cancellation) mid-task: give the task back at once
             # rather than after its lease runs out.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._report(self.rt.store.release, task, "worker stopped mid-attempt")
+                await self._report(self._release, task, "worker stopped mid-attempt")
             raise
         if self.rt.queen is not None:
             await self.rt.queen.tell(SlotFree(self.pool, self.ref))
@@ -80,7 +81,7 @@ class _Slot(Actor):
                 self.current = None
                 rt.attempt_ended(task.id)
         if scope.cancelled_caught and self.release_reason == "shutdown":
-            await self._report(rt.store.release, task, "hive shutting down")
+            await self._report(self._release, task, "hive shutting down")
 
     def cancel_attempt(self, reason: str) -> None:
         """Cancel the running attempt (its agent is killed); ``reason`` says why."""
@@ -111,7 +112,12 @@ class _Slot(Actor):
             log.warning("%s: could not report task %s: %s", self.ref.name, task.id, exc)
         return None
 
+    async def _release(self, task_id: int, token: int, reason: str, **kw: Any) -> Any:
+        """Give a running task back to the queue without counting the attempt."""
+        return await self.rt.store.execute(Release(task_id, token, reason, **kw))
+
     async def run(self, task: Task) -> None:
+        """Run one attempt of ``task`` and report its outcome to the store."""
         raise NotImplementedError
 
     # -- helpers shared by the roles --------------------------------------------
@@ -343,7 +349,7 @@ class Queen(Actor):
         self.free = {pool: deque(slots) for pool, slots in pools.items()}
         self.free_set = {pool: set(slots) for pool, slots in pools.items()}
         self.pump_pending = False
-        self.running: dict[str, int] = {pool: 0 for pool in pools}
+        self.assigned: dict[ActorRef, Task] = {}  # slot -> the task it was last given
 
     async def started(self) -> None:
         for topic in QUEEN_TOPICS:
@@ -361,6 +367,9 @@ class Queen(Actor):
             self.pump_pending = False
             await self._claim()
         elif isinstance(message, SlotFree):
+            task = self.assigned.pop(message.slot, None)
+            if message.restarted and task is not None:
+                await self._give_back(task)
             if message.slot not in self.free_set[message.pool]:
                 self.free_set[message.pool].add(message.slot)
                 self.free[message.pool].append(message.slot)
@@ -393,14 +402,20 @@ class Queen(Actor):
             for task in tasks:
                 slot = free.popleft()
                 self.free_set[pool].discard(slot)
+                self.assigned[slot] = task
                 try:
                     slot.tell_nowait(Assign(task))
                 except ActorStopped:
-                    await rt.store.release(task.id, task.fencing_token, "slot gone")
+                    del self.assigned[slot]
+                    await self._give_back(task)
 
-    def busy(self) -> dict[str, int]:
-        """Slots busy per pool (what the live view shows as running here)."""
-        return {pool: len(self.rt.pools[pool]) - len(free) for pool, free in self.free.items()}
+    async def _give_back(self, task: Task) -> None:
+        """Re-queue a task whose slot crashed or vanished (no-op if already reported)."""
+        try:
+            await self.rt.store.execute(Release(task.id, task.fencing_token,
+                                                "worker crashed mid-attempt", actor="queen"))
+        except StoreError:
+            pass  # the slot reported (or released) it before going down: nothing to do
 
 
 async def tick(queen: ActorRef, interval: float) -> None:

@@ -227,3 +227,20 @@ async def test_non_json_result_fails_clearly(tmp_path):
         t = await hive.submit(kind="k", title="weird")
         done = await hive.wait(t.id, timeout=10)
         assert done.status == "failed" and "JSON" in done.error
+
+
+async def test_worker_crash_mid_task_requeues_at_once(tmp_path):
+    import hive_actors
+
+    async with hive_actors.open_actor_system() as system:
+        crash = system.faults.crash("k-0-*", nth=1)  # the worker's first assignment
+        config = HiveConfig(kinds={"k": KindConfig(backend=echo)}, lease_seconds=300)
+        async with open_hive(tmp_path / "hive.db", config, system=system) as hive:
+            t = await hive.submit(kind="k", title="survives", prompt="p")
+            with trio.fail_after(10):  # far less than the 300 s lease
+                done = await hive.wait(t.id)
+            assert done.status == "done" and done.result == {"echo": "p"}
+            assert crash.hits == 1
+            events = [e.type async for e in hive.events(follow=False)]
+            assert "task.started" in events
+            assert events.count("task.started") == 2  # claimed, given back, claimed again
