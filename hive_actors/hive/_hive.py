@@ -14,7 +14,7 @@ import trio
 
 from ..actors import Actor, ActorRef, ActorSystem, Missed, Published, open_actor_system
 from ..store import QUEUED, REVIEW, RUNNING, Event, Task, open_store
-from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, tick
+from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, tick_queen
 
 log = logging.getLogger("hive_actors.hive")
 
@@ -334,7 +334,8 @@ async def open_hive(
         runtime.queen = queen
         hive = Hive(runtime, system, waiters)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_tick_queen, queen, tick)
+            nursery.start_soon(tick_queen, queen, tick)
+            nursery.start_soon(_keep_leases, runtime)
             try:
                 yield hive
             finally:
@@ -347,8 +348,14 @@ async def open_hive(
                     await changes.stop()
 
 
-async def _tick_queen(queen: ActorRef, interval: float) -> None:
-    await tick(queen, interval)
+async def _keep_leases(runtime: _Runtime) -> None:
+    """Heartbeat every running attempt each third of the lease, in one burst
+    (which the DB actor turns into one transaction)."""
+    while True:
+        await trio.sleep(runtime.lease_seconds / 3)
+        async with trio.open_nursery() as nursery:
+            for slot in list(runtime.attempts.values()):
+                nursery.start_soon(slot.heartbeat)
 
 
 async def _shutdown(runtime: _Runtime, grace: float) -> None:

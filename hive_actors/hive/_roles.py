@@ -73,10 +73,7 @@ class _Slot(Actor):
             rt.attempt_started(task.id, self)
             self.current = (task, scope)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._heartbeat, task, scope)
-                    await self.run(task)
-                    nursery.cancel_scope.cancel()
+                await self.run(task)
             finally:
                 self.current = None
                 rt.attempt_ended(task.id)
@@ -89,18 +86,18 @@ class _Slot(Actor):
             self.release_reason = reason
             self.current[1].cancel()
 
-    async def _heartbeat(self, task: Task, scope: trio.CancelScope) -> None:
-        lease = self.rt.lease_seconds
-        while True:
-            await trio.sleep(lease / 3)
-            try:
-                await self.rt.store.heartbeat(task.id, task.fencing_token, lease)
-            except StaleLease:
-                # Re-claimed, cancelled (possibly by another process) or finished.
+    async def heartbeat(self) -> None:
+        """Extend the lease of the running attempt; a lost lease cancels it."""
+        if self.current is None:
+            return
+        task = self.current[0]
+        try:
+            await self.rt.store.heartbeat(task.id, task.fencing_token, self.rt.lease_seconds)
+        except StaleLease:
+            # Re-claimed, cancelled (possibly by another process) or finished.
+            if self.current is not None and self.current[0] is task:
                 log.warning("%s: lease on task %s lost; stopping its attempt", self.ref.name, task.id)
-                self.release_reason = "stale"
-                scope.cancel()
-                return
+                self.cancel_attempt("stale")
 
     async def _report(self, operation: Callable[..., Any], task: Task, *args: Any, **kw: Any) -> Any:
         """Call a store operation with this attempt's token; a stale token is logged."""
@@ -418,7 +415,7 @@ class Queen(Actor):
             pass  # the slot reported (or released) it before going down: nothing to do
 
 
-async def tick(queen: ActorRef, interval: float) -> None:
+async def tick_queen(queen: ActorRef, interval: float) -> None:
     """Send the Queen a Tick every ``interval`` seconds (a sweep every few ticks)."""
     n = 0
     while True:
