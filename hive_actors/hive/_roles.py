@@ -134,7 +134,10 @@ class _Slot(Actor):
     async def run_command(self, argv: Any, task: Task, *, timeout: float | None, stdin: str,  # noqa: ASYNC109
                           log_name: str, phases: Any = None) -> Any:
         async def record_pgid(pgid: int) -> None:
-            await self._report(self.rt.store.record_run, task, pgid=pgid)
+            try:
+                await self.rt.store.record_run(task.id, task.fencing_token, pgid=pgid)
+            except StoreError as exc:  # stale: the attempt is being cancelled anyway
+                log.warning("%s: could not record agent pgid %s: %s", self.ref.name, pgid, exc)
 
         workspace = self.workspace(task)
         kw = dict(workspace=workspace, attempt=task.attempts, timeout=timeout, stdin=stdin,
