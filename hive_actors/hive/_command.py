@@ -392,6 +392,14 @@ def _spawn_blocking(req: _SpawnRequest, preexec: Callable[[], None] | None) -> _
         except (AttributeError, OSError):
             proc.pidfd = None  # old kernel or not Linux: exit is polled instead
         return proc
+    except BaseException:
+        # Unexpected (a bug, MemoryError): leave no process, fd or open log behind.
+        if proc.popen is not None:
+            _signal_group(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait()
+        proc.close_fds()
+        log.close()
+        raise
     finally:
         for fd in child_fds:
             os.close(fd)
@@ -752,7 +760,10 @@ class AgentLauncher:
             log_path = workspace / f"attempt-{attempt}.log"
         log_path = Path(log_path)
         env = dict(os.environ)
-        env.update(extra_env or {})
+        for key, value in (extra_env or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"extra_env must map str to str, got {key!r}: {value!r}")
+            env[key] = value
         task_json, full_json = _task_json(task)
         env.update(
             HIVE_TASK_JSON=task_json,
@@ -797,9 +808,9 @@ class AgentLauncher:
         capture = _Capture(proc.log, stdout_limit, combined)
         timed_out = False
         try:
-            if on_spawn is not None:
-                await on_spawn(pgid)
+            failure: Exception | None = None
             async with trio.open_nursery() as io:
+                # Drain from the start, so on_spawn may take its time.
                 out_fd, proc.stdout_fd = proc.stdout_fd, None
                 err_fd, proc.stderr_fd = proc.stderr_fd, None
                 io.start_soon(_drain, out_fd, capture, True)
@@ -808,16 +819,29 @@ class AgentLauncher:
                     in_fd, proc.stdin_fd = proc.stdin_fd, None
                     io.start_soon(_feed, in_fd, stdin_bytes)
                 with trio.CancelScope(deadline=deadline) as waiting:
-                    await _wait_exited(proc)
-                if waiting.cancelled_caught:
-                    timed_out = True
-                    await _terminate(proc, pgid, kill_grace)
-                # The leader has exited (not yet reaped, so the pgid cannot be reused):
-                # whatever it left behind in its group dies now.
-                _signal_group(pgid, signal.SIGKILL)
-                # The readers get a bounded time to reach EOF; only a process that
-                # left the group can keep the pipes open that long.
-                io.cancel_scope.deadline = trio.current_time() + _DRAIN_GRACE
+                    if on_spawn is not None:
+                        try:
+                            await on_spawn(pgid)
+                        except Exception as exc:
+                            # Re-raised below, bare (not in a nursery's ExceptionGroup),
+                            # after the cleanup has killed the agent.
+                            failure = exc
+                    if failure is None:
+                        await _wait_exited(proc)
+                if failure is not None:
+                    io.cancel_scope.cancel()
+                else:
+                    if waiting.cancelled_caught:
+                        timed_out = True
+                        await _terminate(proc, pgid, kill_grace)
+                    # The leader has exited (not yet reaped, so the pgid cannot be
+                    # reused): whatever it left behind in its group dies now.
+                    _signal_group(pgid, signal.SIGKILL)
+                    # The readers get a bounded time to reach EOF; only a process that
+                    # left the group can keep the pipes open that long.
+                    io.cancel_scope.deadline = trio.current_time() + _DRAIN_GRACE
+            if failure is not None:
+                raise failure
         finally:
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = trio.current_time() + kill_grace + _CLEANUP_BUDGET

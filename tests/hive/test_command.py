@@ -297,6 +297,18 @@ async def test_missing_program_is_a_failed_result(launcher, tmp_path):
     assert "no-such-agent" in res.output_tail
 
 
+async def test_nul_in_an_argument_is_a_failed_result(launcher, tmp_path):
+    res = await launcher.run(
+        agent("echo.py", "{prompt}"), make_task("a\x00b"), workspace=tmp_path, attempt=1, timeout=30
+    )
+    assert not res.ok and res.exit_code == 126 and "null byte" in res.error
+    # without the prompt in argv the same task runs: the env JSON escapes NUL
+    res = await launcher.run(
+        agent("echo.py"), make_task("a\x00b"), workspace=tmp_path, attempt=2, timeout=30
+    )
+    assert res.ok and res.result["stdin"] == "a\x00b" and res.result["task"]["prompt"] == "a\x00b"
+
+
 async def test_bad_arguments_are_rejected(launcher, tmp_path):
     with pytest.raises(ValueError, match="unknown placeholder"):
         await launcher.run(
@@ -493,6 +505,7 @@ async def test_on_spawn_failure_kills_the_agent(launcher, tmp_path):
             timeout=None,
             on_spawn=on_spawn,
         )
+    assert len(seen) == 1
     if HAVE_PROC:
         await _wait_until_dead(seen[0])
         assert not _pid_alive(seen[0])
@@ -668,3 +681,46 @@ async def test_kill_process_groups_kills_live_groups_and_ignores_gone_ones(launc
     assert kill_process_groups(pgids) == []  # gone now
     # never our own group, nor "every process"
     assert kill_process_groups([0, 1, -1, os.getpgrp()]) == []
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _zombie_children() -> list[int]:
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] == b"Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(entry))
+    return zombies
+
+
+@needs_proc
+async def test_no_fd_or_zombie_is_left_behind(launcher, tmp_path):
+    await launcher.run(agent("echo.py"), make_task(), workspace=tmp_path, attempt=0, timeout=30)
+    before = _open_fds()
+    await launcher.run(agent("succeed.py"), make_task(), workspace=tmp_path, attempt=1, timeout=30)
+    await launcher.run(agent("hang.py"), make_task(), workspace=tmp_path, attempt=2, timeout=0.2)
+    await launcher.run(["/no/such/agent"], make_task(), workspace=tmp_path, attempt=3, timeout=30)
+    with trio.move_on_after(0.3):
+        await launcher.run(
+            agent("hang.py"), make_task(), workspace=tmp_path, attempt=4, timeout=None
+        )
+    await launcher.run_phases(
+        [("a", agent("succeed.py")), ("b", agent("fail_n.py", "5"))],
+        make_task(),
+        workspace=tmp_path,
+        attempt=5,
+        timeout=30,
+    )
+    assert _open_fds() == before
+    assert _zombie_children() == []
+    assert launcher.live_pgids() == frozenset()
