@@ -1,0 +1,481 @@
+"""The store through its facade and DB actor, as the Hive layer uses it."""
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import trio
+
+import hive_actors
+from hive_actors.store import (
+    MAX_BACKOFF,
+    OUTPUT_TAIL_BYTES,
+    DependencyError,
+    Event,
+    IllegalTransition,
+    InvalidPlan,
+    PlannedTask,
+    StaleLease,
+    TaskNotFound,
+    messages,
+    open_store,
+)
+from hive_actors.store._engine import Engine
+
+
+def read_db(path, sql, args=()):
+    """Read through a separate connection: sees only what is committed."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+class Recorder(hive_actors.Actor):
+    """Subscriber that notes each published event and whether its row was already
+    committed (visible to another connection) when it arrived."""
+
+    def __init__(self, path, expected, done):
+        self.path = path
+        self.seen = []
+        self.expected = expected
+        self.done = done
+
+    async def handle(self, message):
+        if message == "get":
+            return self.seen
+        event = message.payload
+        committed = None
+        if event.seq is not None:
+            committed = bool(read_db(self.path, "SELECT 1 FROM events WHERE seq = ?", (event.seq,)))
+        self.seen.append((message.topic, event, committed))
+        if len(self.seen) == self.expected:
+            self.done.send_nowait(list(self.seen))
+
+
+async def test_submit_is_on_disk_when_it_returns(store, db_path):
+    task = await store.submit("echo", "hello", "say hi", priority=3, metadata={"a": 1})
+    assert (task.status, task.kind, task.title, task.prompt) == ("queued", "echo", "hello", "say hi")
+    assert task.attempts == 0 and task.metadata == {"a": 1} and task.depends_on == ()
+    assert read_db(db_path, "SELECT status, priority FROM tasks WHERE id = ?", (task.id,)) == [
+        ("queued", 3)
+    ]
+    assert await store.get(task.id) == task
+
+
+async def test_get_unknown_task(store):
+    with pytest.raises(TaskNotFound):
+        await store.get(12345)
+
+
+async def test_claim_order_priority_then_age_and_leases(store, clock):
+    low = await store.submit("k", "low")
+    high = await store.submit("k", "high", priority=5)
+    other = await store.submit("other", "x")
+    low2 = await store.submit("k", "low2")
+    claimed = await store.claim("k", 2, "w1", 30)
+    assert [t.id for t in claimed] == [high.id, low.id]
+    for t in claimed:
+        assert (t.status, t.attempts, t.fencing_token, t.lease_owner) == ("running", 1, 1, "w1")
+        assert t.lease_expires_at == clock.now + 30
+    assert [t.id for t in await store.claim("k", 5, "w2", 30)] == [low2.id]
+    assert await store.claim("k", 5, "w2", 30) == []
+    assert (await store.get(other.id)).status == "queued"
+
+
+async def test_concurrent_claims_never_share_a_task(store):
+    for i in range(60):
+        await store.submit("k", f"t{i}")
+    got = []
+
+    async def worker(name):
+        while claimed := await store.claim("k", 1, name, 30):
+            got.extend(t.id for t in claimed)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(worker, f"w{i}")
+    assert sorted(got) == list(range(1, 61))
+
+
+async def test_dependencies_gate_claims(store):
+    a = await store.submit("k", "a")
+    b = await store.submit("k", "b", depends_on=[a.id])
+    assert b.depends_on == (a.id,)
+    [ta] = await store.claim("k", 5, "w", 30)
+    assert ta.id == a.id  # b waits for a
+    assert await store.claim("k", 5, "w", 30) == []
+    await store.succeed(a.id, ta.fencing_token, {"ok": True})
+    [tb] = await store.claim("k", 5, "w", 30)
+    assert tb.id == b.id
+
+
+async def test_unknown_dependency_is_rejected_and_stores_nothing(store):
+    with pytest.raises(DependencyError) as info:
+        await store.submit("k", "x", depends_on=[999])
+    assert info.value.task_ids == (999,)
+    assert (await store.counts())["counts"]["queued"] == 0
+    assert await store.events_since(0) == []
+
+
+async def test_stale_lease_after_expiry_discards_zombie_result(store, clock):
+    task = await store.submit("k", "t", retry_delay=0)
+    [first] = await store.claim("k", 1, "zombie", 10)
+    clock.advance(11)
+    [swept] = await store.sweep_leases()
+    assert swept.status == "queued" and "expired" in swept.error
+    [second] = await store.claim("k", 1, "fresh", 10)
+    assert second.fencing_token == first.fencing_token + 1
+    with pytest.raises(StaleLease):
+        await store.heartbeat(task.id, first.fencing_token, 10)
+    with pytest.raises(StaleLease):
+        await store.succeed(task.id, first.fencing_token, {"zombie": True})
+    done = await store.succeed(task.id, second.fencing_token, {"fresh": True})
+    assert done.status == "done" and done.result == {"fresh": True}
+    runs = await store.runs(task.id)
+    assert [(r.attempt, r.worker, r.outcome) for r in runs] == [
+        (1, "zombie", "expired"), (2, "fresh", "succeeded")
+    ]
+
+
+async def test_heartbeat_extends_lease(store, clock):
+    await store.submit("k", "t")
+    [t] = await store.claim("k", 1, "w", 10)
+    clock.advance(8)
+    assert await store.heartbeat(t.id, t.fencing_token, 10) == clock.now + 10
+    clock.advance(8)
+    assert await store.sweep_leases() == []
+    assert (await store.get(t.id)).status == "running"
+
+
+async def test_fail_backs_off_exponentially_then_fails(store, clock):
+    task = await store.submit("k", "t", max_attempts=3, retry_delay=2.0)
+    delays = []
+    for _ in range(2):
+        [t] = await store.claim("k", 1, "w", 30)
+        after = await store.fail(t.id, t.fencing_token, "boom")
+        assert after.status == "queued" and after.error == "boom"
+        delays.append(after.not_before - clock.now)
+        assert await store.claim("k", 1, "w", 30) == []  # not before the backoff
+        clock.advance(delays[-1])
+    assert 2.0 * 0.75 <= delays[0] <= 2.0 * 1.25
+    assert 4.0 * 0.75 <= delays[1] <= 4.0 * 1.25
+    [t] = await store.claim("k", 1, "w", 30)
+    final = await store.fail(t.id, t.fencing_token, "boom again")
+    assert (final.status, final.attempts) == ("failed", 3)
+    types = [e.type for e in await store.events_since(0, task_id=task.id)]
+    assert types.count("task.retrying") == 2 and types[-1] == "task.failed"
+
+
+async def test_backoff_is_capped(store, clock):
+    await store.submit("k", "t", max_attempts=20, retry_delay=100.0)
+    for _ in range(5):
+        [t] = await store.claim("k", 1, "w", 30)
+        after = await store.fail(t.id, t.fencing_token, "x")
+        delay = after.not_before - clock.now
+        assert delay <= MAX_BACKOFF
+        clock.advance(MAX_BACKOFF)
+    assert delay >= 0.75 * MAX_BACKOFF  # 100 * 2**4 would be 1600 s
+
+
+async def test_fail_without_retry_cascades_to_dependents(store):
+    a = await store.submit("k", "a")
+    b = await store.submit("k", "b", depends_on=[a.id])
+    c = await store.submit("k", "c", depends_on=[b.id])
+    unrelated = await store.submit("j", "u")
+    [t] = await store.claim("k", 1, "w", 30)
+    await store.fail(a.id, t.fencing_token, "fatal", retry=False)
+    assert (await store.get(b.id)).status == "cancelled"
+    assert (await store.get(c.id)).error == f"dependency {b.id} cancelled"
+    assert (await store.get(unrelated.id)).status == "queued"
+    late = await store.submit("k", "late", depends_on=[a.id])
+    assert late.status == "cancelled"
+    with pytest.raises(DependencyError):
+        await store.retry(b.id)  # a is still failed
+    assert (await store.retry(a.id)).status == "queued"
+    assert (await store.retry(b.id)).status == "queued"
+
+
+async def test_review_cycle(store):
+    task = await store.submit("k", "t", max_attempts=2)
+    [t] = await store.claim("k", 1, "w", 30)
+    in_review = await store.succeed(t.id, t.fencing_token, {"v": 1}, review=True)
+    assert in_review.status == "review" and in_review.result == {"v": 1}
+    [r] = await store.claim_review(1, "reviewer", 30)
+    back = await store.reject(task.id, "needs tests", token=r.fencing_token)
+    assert (back.status, back.feedback, back.not_before) == ("queued", "needs tests", back.updated_at)
+    [t] = await store.claim("k", 1, "w", 30)  # rework is not delayed
+    assert t.feedback == "needs tests" and t.attempts == 2
+    await store.succeed(t.id, t.fencing_token, {"v": 2}, review=True)
+    [r] = await store.claim_review(1, "reviewer", 30)
+    with pytest.raises(StaleLease):
+        await store.approve(task.id, token=r.fencing_token - 1)
+    final = await store.reject(task.id, "still no", token=r.fencing_token)
+    assert final.status == "failed"  # the rejection used up the attempts
+
+
+async def test_escalation_and_person_decision(store):
+    task = await store.submit("k", "t")
+    [t] = await store.claim("k", 1, "w", 30)
+    await store.succeed(t.id, t.fencing_token, "r", review=True)
+    assert (await store.escalate(task.id, "unsure")).status == "escalated"
+    with pytest.raises(IllegalTransition):
+        await store.approve(task.id)
+    done = await store.decide(task.id, approve=True, actor="person")
+    assert done.status == "done"
+    with pytest.raises(IllegalTransition):
+        await store.decide(task.id, approve=False)
+    events = await store.events_since(0, task_id=task.id)
+    assert [e.type for e in events][-2:] == ["task.approved", "task.done"]
+    assert events[-1].actor == "person"
+
+
+async def test_cancel_running_invalidates_token_and_reports_pgid(store):
+    task = await store.submit("k", "t")
+    [t] = await store.claim("k", 1, "w", 30)
+    await store.record_run(t.id, t.fencing_token, pgid=4242)
+    cancelled = await store.cancel(task.id, "user asked")
+    assert cancelled.status == "cancelled" and cancelled.error == "user asked"
+    with pytest.raises(StaleLease):
+        await store.heartbeat(t.id, t.fencing_token, 30)
+    event = (await store.events_since(0, task_id=task.id))[-1]
+    assert event.type == "task.cancelled" and event.payload["pgid"] == 4242
+    with pytest.raises(IllegalTransition):
+        await store.cancel(task.id)
+
+
+async def test_release_does_not_use_an_attempt(store):
+    await store.submit("k", "t", max_attempts=1)
+    [t] = await store.claim("k", 1, "w", 30)
+    released = await store.release(t.id, t.fencing_token, "shutdown")
+    assert released.status == "queued"
+    [t] = await store.claim("k", 1, "w", 30)
+    after = await store.fail(t.id, t.fencing_token, "boom", retry=True)
+    assert after.status == "failed"  # one attempt allowed, and it was this one
+
+
+async def test_runs_record_exit_code_duration_and_output_tail(store, clock):
+    await store.submit("k", "t")
+    [t] = await store.claim("k", 1, "w", 30)
+    clock.advance(2.5)
+    big = "x" * OUTPUT_TAIL_BYTES + "END"
+    await store.succeed(t.id, t.fencing_token, None, exit_code=0, output_tail=big)
+    [run] = await store.runs(t.id)
+    assert (run.attempt, run.exit_code, run.duration, run.outcome) == (1, 0, 2.5, "succeeded")
+    assert len(run.output_tail.encode()) == OUTPUT_TAIL_BYTES and run.output_tail.endswith("END")
+
+
+async def test_plan_is_stored_atomically(store):
+    existing = await store.submit("k", "pre")
+    plan = await store.submit("plan", "make a thing")
+    [p] = await store.claim("plan", 1, "planner", 30)
+    stored = await store.store_plan(p.id, p.fencing_token, [
+        {"key": "design", "title": "Design", "kind": "k", "prompt": "d"},
+        PlannedTask("build", "Build", "k", depends_on=["design", existing.id], priority=2),
+        {"key": "test", "title": "Test", "kind": "k", "depends_on": ["build"]},
+    ])
+    assert stored.plan.status == "done" and stored.plan.id == plan.id
+    ids = {k: t.id for k, t in stored.tasks.items()}
+    assert stored.tasks["build"].depends_on == tuple(sorted((ids["design"], existing.id)))
+    assert all(t.parent_id == plan.id for t in stored.tasks.values())
+    assert stored.plan.result == {"tasks": ids}
+    assert [t.id for t in await store.list(parent_id=plan.id)] == sorted(ids.values())
+    types = [e.type for e in await store.events_since(0)]
+    assert "plan.stored" in types and types[-1] == "task.done"
+
+
+@pytest.mark.parametrize(
+    ("subtasks", "reason"),
+    [
+        ([{"key": "a", "title": "A", "kind": "k", "depends_on": ["b"]},
+          {"key": "b", "title": "B", "kind": "k", "depends_on": ["a"]}], "cycle"),
+        ([{"key": "a", "title": "A", "kind": "k", "depends_on": ["zzz"]}], "unknown key"),
+        ([{"key": "a", "title": "A", "kind": "k", "depends_on": [777]}], "unknown task"),
+        ([{"key": "a", "title": "A"}], "no 'kind'"),
+        ([{"key": "a", "title": "A", "kind": "k", "colour": "red"}], "unknown fields"),
+        ([{"key": "a", "title": "A", "kind": "k"}, {"key": "a", "title": "B", "kind": "k"}],
+         "duplicate key"),
+        (["not an object"], "not an object"),
+        ([{"key": "a", "title": "", "kind": "k"}], "title must be"),
+        ([{"key": "a", "title": "A", "kind": "k", "depends_on": ["a"]}], "itself"),
+    ],
+)
+async def test_invalid_plan_stores_nothing(store, subtasks, reason):
+    await store.submit("plan", "p")
+    [p] = await store.claim("plan", 1, "planner", 30)
+    before = await store.events_since(0)
+    with pytest.raises(InvalidPlan, match=reason):
+        await store.store_plan(p.id, p.fencing_token, subtasks)
+    assert await store.events_since(0) == before
+    assert [t.id for t in await store.list()] == [p.id]
+    assert (await store.get(p.id)).status == "running"
+
+
+async def test_events_published_only_after_commit(system, store, db_path):
+    done_send, done_receive = trio.open_memory_channel(1)
+    recorder = await system.spawn(Recorder, db_path, 5, done_send)
+    await system.bus.subscribe("task.*", recorder)
+    task = await store.submit("k", "t")
+    [t] = await store.claim("k", 1, "w", 30)
+    await store.heartbeat(t.id, t.fencing_token, 30)
+    await store.succeed(t.id, t.fencing_token, 1)
+    with trio.fail_after(5):
+        seen = await done_receive.receive()
+    assert [topic for topic, _, _ in seen] == [
+        "task.queued", "task.started", "task.heartbeat", "task.succeeded", "task.done"
+    ]
+    assert all(isinstance(e, Event) and e.task_id == task.id for _, e, _ in seen)
+    assert [c for _, _, c in seen] == [True, True, None, True, True]
+
+
+async def test_group_commit_isolates_a_failing_operation(system, store):
+    good = [messages.Submit("k", f"g{i}") for i in range(20)]
+    bad = messages.Submit("k", "bad", depends_on=[424242])
+    results = {}
+
+    async def send(i, msg):
+        try:
+            results[i] = await store.execute(msg)
+        except DependencyError as exc:
+            results[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, msg in enumerate(good[:10] + [bad] + good[10:]):
+            nursery.start_soon(send, i, msg)
+    assert isinstance(results.pop(10), DependencyError)
+    assert sorted(t.title for t in results.values()) == sorted(m.title for m in good)
+    assert (await store.counts())["counts"]["queued"] == 20
+
+
+def test_engine_batch_outcomes_in_order(db_path):
+    engine, _, _ = Engine.open(db_path, clock=lambda: 5.0)
+    try:
+        results, events = engine.execute([
+            messages.Submit("k", "a"),
+            messages.Cancel(99),
+            messages.Submit("k", "b", depends_on=[1]),
+            "not a message",
+        ])
+        assert results[0].value.id == 1 and results[2].value.depends_on == (1,)
+        assert isinstance(results[1].error, TaskNotFound)
+        assert isinstance(results[3].error, TypeError)
+        assert [(e.seq, e.type, e.task_id) for e in events] == [
+            (1, "task.queued", 1), (2, "task.queued", 2)
+        ]
+    finally:
+        engine.close()
+    assert read_db(db_path, "SELECT count(*) FROM tasks") == [(2,)]
+
+
+async def test_counts_and_list_filters(store):
+    a = await store.submit("x", "a")
+    await store.submit("y", "b")
+    await store.cancel(a.id)
+    counts = await store.counts()
+    assert counts["counts"]["queued"] == 1 and counts["counts"]["cancelled"] == 1
+    assert counts["kinds"]["x"]["cancelled"] == 1 and counts["kinds"]["y"]["queued"] == 1
+    assert [t.title for t in await store.list(status="queued")] == ["b"]
+    assert [t.title for t in await store.list(status=["queued", "cancelled"], kind="x")] == ["a"]
+    with pytest.raises(ValueError):
+        await store.list(status="nope")
+
+
+def test_message_validation_at_the_boundary():
+    with pytest.raises(ValueError):
+        messages.Submit("", "t")
+    with pytest.raises(ValueError):
+        messages.Claim("k", 0, "w", 30)
+    with pytest.raises(ValueError):
+        messages.Claim("k", 1, "w", -1)
+    with pytest.raises(ValueError):
+        messages.Submit("k", "t", depends_on=["x"])
+    with pytest.raises(ValueError):
+        messages.Submit("k", "t", max_attempts=0)
+
+
+# -- recovery -------------------------------------------------------------------
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_recovery_requeues_tasks_of_a_dead_hive(system, db_path, clock):
+    async with open_store(system, db_path, clock=clock, name="s1") as first:
+        kept = await first.submit("k", "kept", max_attempts=3)
+        last = await first.submit("k", "last try", max_attempts=1)
+        [t1] = await first.claim("k", 1, "w", 30)
+        [t2] = await first.claim("k", 1, "w", 30)
+        await first.record_run(t1.id, t1.fencing_token, pgid=777)
+        dead = first.hive_id
+    # Make the first hive look like a process that died without closing.
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE hives SET stopped_at = NULL, pid = ? WHERE id = ?", (dead_pid(), dead))
+    conn.commit()
+    conn.close()
+    async with open_store(system, db_path, clock=clock, name="s2") as second:
+        report = second.recovery
+        assert report.dead_hives == (dead,)
+        assert report.requeued == (kept.id,) and report.failed == (last.id,)
+        assert report.pgids == (777,)
+        assert (await second.get(kept.id)).status == "queued"
+        assert (await second.get(last.id)).status == "failed"
+        recovered = [e for e in await second.events_since(0) if e.type == "task.recovered"]
+        assert [e.task_id for e in recovered] == [kept.id, last.id]
+        with pytest.raises(StaleLease):  # the dead hive's token is worthless now
+            await second.succeed(t1.id, t1.fencing_token, None)
+        [again] = await second.claim("k", 1, "w", 30)
+        assert again.id == kept.id and again.attempts == 2
+    assert t2.id == last.id
+
+
+async def test_recovery_leaves_a_live_hive_alone(system, db_path, clock):
+    async with open_store(system, db_path, clock=clock, name="s1") as first:
+        task = await first.submit("k", "t")
+        await first.claim("k", 1, "w", 30)
+        async with open_store(system, db_path, clock=clock, name="s2") as second:
+            assert second.recovery.requeued == () and second.recovery.dead_hives == ()
+            assert (await second.get(task.id)).status == "running"
+
+
+async def test_clean_close_then_reopen_recovers_running_tasks(system, db_path, clock):
+    async with open_store(system, db_path, clock=clock, name="s1") as first:
+        task = await first.submit("k", "t")
+        await first.claim("k", 1, "w", 30)
+    async with open_store(system, db_path, clock=clock, name="s2") as second:
+        assert second.recovery.requeued == (task.id,)
+
+
+async def test_hive_heartbeat_is_refreshed(system, db_path, autojump_clock):
+    wall = [100.0]
+    async with open_store(system, db_path, clock=lambda: wall[0], hive_heartbeat=5.0) as store:
+        wall[0] = 200.0
+        await trio.sleep(6)
+        await store.counts()  # a barrier: the touch was queued before this
+        rows = read_db(db_path, "SELECT heartbeat_at FROM hives WHERE id = ?", (store.hive_id,))
+        assert rows == [(200.0,)]
+
+
+async def test_inline_mode_works_the_same(system, db_path):
+    async with open_store(system, db_path, inline=True, rng=random.Random(0)) as store:
+        t = await store.submit("k", "t")
+        [c] = await store.claim("k", 1, "w", 30)
+        assert (await store.succeed(c.id, c.fencing_token, 1)).status == "done"
+        assert t.id == c.id
+
+
+def test_synchronous_full_is_applied(db_path):
+    engine, _, _ = Engine.open(db_path, clock=lambda: 1.0, synchronous="FULL")
+    try:
+        (value,), _ = engine.execute([messages.Counts()])
+        assert value.value["counts"]["queued"] == 0
+        assert engine._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        engine.close()
+    assert os.path.exists(db_path)
