@@ -302,7 +302,6 @@ class _Proc:
     spawn_error: str | None = None
     spawn_exit_code: int | None = None
     exited: bool = False
-    reaped: bool = False
 
     def close_fds(self) -> None:
         for name in ("stdin_fd", "stdout_fd", "stderr_fd", "pidfd"):
@@ -623,7 +622,8 @@ class AgentLauncher:
         agent has started (to record its process group); if it raises, the agent is
         killed and the exception propagates.
 
-        After ``timeout`` seconds (trio clock) the process group gets SIGTERM, then
+        After ``timeout`` seconds of the trio clock (so not under ``autojump_clock``,
+        which would see the wait for the process as idle time) the process group gets SIGTERM, then
         SIGKILL after ``kill_grace`` seconds, and the result has ``timed_out=True``
         and ``exit_code=None``. If the calling task is cancelled, the group is killed
         the same way (within ``kill_grace`` plus a moment), the leader is reaped and

@@ -511,6 +511,30 @@ async def test_on_spawn_failure_kills_the_agent(launcher, tmp_path):
         assert not _pid_alive(seen[0])
 
 
+@needs_proc
+async def test_exit_is_polled_when_pidfd_is_unavailable(launcher, tmp_path, monkeypatch):
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd, raising=False)
+    res = await launcher.run(
+        agent("succeed.py"), make_task(), workspace=tmp_path, attempt=1, timeout=30
+    )
+    assert res.ok and res.result == {"ok": True, "args": []}
+    pid_file = tmp_path / "gc.pid"
+    with trio.fail_after(10):
+        res = await launcher.run(
+            agent("grandchild.py", str(pid_file), "--then", "hang"),
+            make_task(),
+            workspace=tmp_path,
+            attempt=2,
+            timeout=0.3,
+        )
+    assert res.timed_out and res.exit_code is None
+    await _wait_until_dead(res.pgid)
+    assert not _pid_alive(res.pgid)
+
+
 @pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
 async def test_agents_get_pdeathsig_and_come_from_one_long_lived_thread(
     launcher, tmp_path, monkeypatch
@@ -538,6 +562,31 @@ async def test_agents_get_pdeathsig_and_come_from_one_long_lived_thread(
     for res in (first, second):
         # its own session and process group, led by the agent itself
         assert res.result["pgid"] == res.result["pid"] == res.result["sid"] == res.pgid
+
+
+@pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
+async def test_agent_dies_when_the_spawning_thread_ends(tmp_path):
+    # What the death signal is for: when the hive's launcher thread is gone (the hive
+    # died), its agents die too, with nobody calling close() or killpg.
+    launcher = AgentLauncher()
+
+    async def on_spawn(pgid: int) -> None:
+        launcher._queue.put(_command._STOP)  # end the thread without close()
+
+    try:
+        with trio.fail_after(10):
+            res = await launcher.run(
+                agent("hang.py"),
+                make_task(),
+                workspace=tmp_path,
+                attempt=1,
+                timeout=None,
+                on_spawn=on_spawn,
+            )
+        assert res.exit_code == -signal.SIGKILL
+        assert not launcher.thread.is_alive()
+    finally:
+        launcher.close()
 
 
 async def test_closing_the_launcher_kills_running_agents(tmp_path):
