@@ -807,6 +807,7 @@ class AgentLauncher:
         self._live.add(pgid)
         capture = _Capture(proc.log, stdout_limit, combined)
         timed_out = False
+        finished = False
         try:
             failure: Exception | None = None
             async with trio.open_nursery() as io:
@@ -842,9 +843,14 @@ class AgentLauncher:
                     io.cancel_scope.deadline = trio.current_time() + _DRAIN_GRACE
             if failure is not None:
                 raise failure
+            finished = True
         finally:
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = trio.current_time() + kill_grace + _CLEANUP_BUDGET
+                if not finished:
+                    proc.log.write(
+                        f"\nhive: run interrupted; stopping process group {pgid}\n".encode()
+                    )
                 if not proc.exited:
                     await _terminate(proc, pgid, kill_grace)
             _signal_group(pgid, signal.SIGKILL)

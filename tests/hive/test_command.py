@@ -483,6 +483,7 @@ async def test_cancellation_kills_the_group_and_reraises(launcher, tmp_path):
             assert spawned and _pid_alive(spawned[0]) and _pid_alive(grandchild)
             nursery.cancel_scope.cancel()
     assert not returned
+    assert "hive: run interrupted" in (tmp_path / "attempt-1.log").read_text()
     await _wait_until_dead(spawned[0])
     assert not _pid_alive(spawned[0])
     assert not _pid_alive(grandchild)
