@@ -78,6 +78,11 @@ def event_detail(event: Event) -> str:
     return shorten(payload, 70) if payload else ""
 
 
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -88,7 +93,7 @@ def counts_table(status: Mapping[str, Any], title: str | None = "Tasks by status
     for name in STATUSES:
         table.add_column(name, justify="right", style=STATUS_STYLES[name])
     for kind, counts in sorted(status.get("kinds", {}).items()):
-        table.add_row(kind, *(str(counts.get(name, 0) or "·") for name in STATUSES))
+        table.add_row(Text(kind), *(str(counts.get(name, 0) or "·") for name in STATUSES))
     totals = status.get("counts", {})
     table.add_row(Text("total", style="bold"),
                   *(Text(str(totals.get(name, 0)), style="bold") for name in STATUSES),
@@ -111,8 +116,8 @@ def tasks_table(tasks: Iterable[Task], title: str | None = None) -> Table:
         if task.status == "escalated":
             outcome = task.feedback or task.error
         table.add_row(
-            str(task.id), task.kind, styled_status(task.status), str(task.attempts),
-            task.title, ",".join(map(str, task.depends_on)), shorten(outcome, 50),
+            str(task.id), Text(task.kind), styled_status(task.status), str(task.attempts),
+            Text(task.title), ",".join(map(str, task.depends_on)), Text(shorten(outcome, 50)),
         )
     return table
 
@@ -131,7 +136,7 @@ def events_table(events: Iterable[Event], title: str | None = None) -> Table:
         table.add_row(
             str(event.seq), clock_time(event.ts), Text(event.type, style=STATUS_STYLES.get(
                 status, "")), "" if event.task_id is None else str(event.task_id),
-            slot_label(event.actor or ""), event_detail(event),
+            Text(slot_label(event.actor or "")), Text(event_detail(event)),
         )
     return table
 
@@ -149,7 +154,7 @@ def task_panel(task: Task, runs: Sequence[Run]) -> Group:
             value = f"{value:.3f} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))})"
         elif not isinstance(value, str):
             value = "" if value is None else json.dumps(value, default=str, ensure_ascii=False)
-        fields.add_row(name, value)
+        fields.add_row(name, Text(value) if isinstance(value, str) else value)
     attempts = Table(title="Attempts", box=box.SIMPLE_HEAD, title_justify="left")
     for column in ("#", "worker", "started", "seconds", "exit", "pgid", "outcome", "output"):
         attempts.add_column(column, overflow="fold")
@@ -159,7 +164,7 @@ def task_panel(task: Task, runs: Sequence[Run]) -> Group:
             "" if run.duration is None else f"{run.duration:.2f}",
             "" if run.exit_code is None else str(run.exit_code),
             "" if run.pgid is None else str(run.pgid), run.outcome or "running",
-            shorten((run.output_tail or "").strip().splitlines()[-1:] or "", 50),
+            Text(shorten(_last_line(run.output_tail), 50)),
         )
     return Group(Panel(fields, title=f"task {task.id}", title_align="left"), attempts)
 
@@ -253,8 +258,8 @@ def render(snapshot: Snapshot, db: str) -> RenderableType:
     for column in ("worker", "task", "kind", "status", "title", "elapsed"):
         working.add_column(column, justify="right" if column in ("task", "elapsed") else "left")
     for item in sorted(snapshot.working, key=lambda w: w.worker):
-        working.add_row(item.worker, str(item.task.id), item.task.kind,
-                        styled_status(item.task.status), shorten(item.task.title, 40),
+        working.add_row(item.worker, str(item.task.id), Text(item.task.kind),
+                        styled_status(item.task.status), Text(shorten(item.task.title, 40)),
                         f"{item.elapsed:.1f}s")
     if not snapshot.working:
         working.add_row("(idle)", "", "", "", "", "")

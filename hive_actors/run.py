@@ -247,11 +247,12 @@ async def _summary(hive: Any, console: Console, *, demo_dir: Path | None) -> lis
     if escalated:
         ids = " ".join(str(t.id) for t in escalated)
         console.print(f"waiting for a person: {ids} (decide with: hive --db {hive.path} "
-                      "review ID --approve|--reject)")
-    console.print(f"database: {hive.path}")
+                      "review ID --approve|--reject)", markup=False)
+    console.print(f"database: {hive.path}", markup=False, soft_wrap=True)
     if demo_dir is not None:
-        console.print(f"workspaces: {demo_dir / 'workspaces'} (one folder per task)")
-    console.print(_HINT.format(db=hive.path))
+        console.print(f"workspaces: {demo_dir / 'workspaces'} (one folder per task)",
+                      markup=False, soft_wrap=True)
+    console.print(_HINT.format(db=hive.path), markup=False, soft_wrap=True)
     return [t for t in tasks if t.status == "failed" and t.kind in served]
 
 
@@ -288,7 +289,7 @@ async def _story(hive: Any, console: Console) -> None:
     if lines:
         console.print("What happened:")
         for line in lines:
-            console.print(line, soft_wrap=True)
+            console.print(line, soft_wrap=True, markup=False)
 
 
 async def run_hive(
