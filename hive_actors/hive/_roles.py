@@ -157,13 +157,8 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _command_failure(result: Any, timeout: float | None) -> str:
-    where = f"phase {result.phase!r}: " if getattr(result, "phase", None) else ""
-    if result.timed_out:
-        return f"{where}timeout: the agent ran longer than {timeout} s and was killed"
-    lines = [line for line in result.output_tail.splitlines() if line.strip()]
-    last = f": {lines[-1][:500]}" if lines else ""
-    return f"{where}exit code {result.exit_code}{last}"
+def _command_failure(result: Any) -> str:
+    return result.error or f"exit code {result.exit_code}"
 
 
 class Worker(_Slot):
@@ -197,7 +192,7 @@ class Worker(_Slot):
             await self._report(rt.store.succeed, task, outcome.result, review=review,
                                exit_code=outcome.exit_code, output_tail=outcome.output_tail)
         else:
-            await self._report(rt.store.fail, task, _command_failure(outcome, kind.timeout),
+            await self._report(rt.store.fail, task, _command_failure(outcome),
                                exit_code=outcome.exit_code, output_tail=outcome.output_tail)
 
 
@@ -317,11 +312,15 @@ class Planner(_Slot):
                     log_name=f"attempt-{task.attempts}.log",
                 )
                 if not outcome.ok:
-                    await self._report(rt.store.fail, task, "planner " + _command_failure(
-                        outcome, planner.timeout), exit_code=outcome.exit_code,
+                    await self._report(rt.store.fail, task, "planner " + _command_failure(outcome),
+                                       exit_code=outcome.exit_code,
                         output_tail=outcome.output_tail)
                     return
-                answer = outcome.stdout
+                # The whole stdout is the plan; a plan on the last line after some
+                # chatter is accepted too.
+                last_line = outcome.result
+                answer = last_line if isinstance(last_line, Mapping) and "tasks" in last_line \
+                    else outcome.stdout
             subtasks = parse_plan(answer, rt.config.kinds)
             stored = await rt.store.store_plan(
                 task.id, task.fencing_token, subtasks, result={"subtasks": len(subtasks)},
