@@ -187,6 +187,9 @@ class Engine:
         self._clock = clock
         self._rng = rng
         self._events: list[Event] = []
+        #: Transactions run by :meth:`execute`, and operations in them (observability).
+        self.batches = 0
+        self.operations = 0
         self._handlers: dict[type, Callable[[Any, float], Any]] = {
             m.Submit: self._submit,
             m.Claim: self._claim,
@@ -371,6 +374,8 @@ class Engine:
         results: list[outcome.Outcome] = []
         published: list[Event] = []
         handlers = self._handlers
+        self.batches += 1
+        self.operations += len(ops)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:

@@ -31,10 +31,20 @@ class Store:
     :class:`DatabaseError` when SQLite itself fails.
     """
 
-    def __init__(self, ref: ActorRef, path: str, recovery: RecoveryReport) -> None:
+    def __init__(
+        self, ref: ActorRef, path: str, recovery: RecoveryReport, engine: Engine | None = None
+    ) -> None:
         self.ref = ref
         self.path = path
         self.recovery = recovery
+        self._engine = engine
+
+    def commit_stats(self) -> tuple[int, int]:
+        """``(transactions, operations)`` committed so far by this store's DB actor;
+        their ratio is the mean group-commit size."""
+        if self._engine is None:
+            return (0, 0)
+        return (self._engine.batches, self._engine.operations)
 
     @property
     def hive_id(self) -> str:
@@ -299,7 +309,7 @@ async def open_store(
             )
             for event in events:
                 system.bus.publish_nowait(event.type, event)
-            store = Store(ref, path, report)
+            store = Store(ref, path, report, engine)
             async with trio.open_nursery() as nursery:
                 if hive_heartbeat is not None:
                     nursery.start_soon(_touch_hive, ref, hive_heartbeat)
