@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def task_json(task: Task) -> dict[str, Any]:
     """A task's fields (the ``Task`` attributes) as a JSON-able dict."""
-    return attrs.asdict(task, retain_collection_types=False)
+    return attrs.asdict(task)
 
 
 def event_json(event: Event) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def main() -> int:
     runs = (int(runs_file.read_text()) if runs_file.exists() else 0) + 1
     runs_file.write_text(str(runs))
     print(f"agent: task {task.get('id')} attempt {task.get('attempts')}: {task.get('title')}")
-    time.sleep(0.2 * PACE + 0.05 * PACE * (len(filename) % 5))  # "thinking"
+    time.sleep(PACE * (0.3 + 0.1 * (len(filename) % 4)))  # "thinking"
     if quirk == "flaky" and runs == 1:
         print("agent: simulated crash: the test database was locked", file=sys.stderr)
         return 1
