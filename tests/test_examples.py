@@ -26,3 +26,24 @@ def test_supervision_example():
     out = run_example("supervision.py")
     assert out.count("started (fresh state)") == 3
     assert "restarts so far: 2" in out
+
+
+def test_embed_in_nursery_example():
+    out = run_example("embed_in_nursery.py")
+    assert out.count(") done -> {'words'") == 3
+    assert "idle: 3 done" in out
+    assert "the program's own ticker kept running: True" in out
+
+
+def test_custom_actor_example():
+    out = run_example("custom_actor.py")
+    assert "tally: {'echo': 3, 'shout': 1}" in out
+    assert "the asker sees the crash" in out and "restarts so far: 1" in out
+    assert out.count("started with a fresh tally") == 2
+    assert "tally after the restart: {'echo': 1}" in out
+
+
+def test_asyncio_backend_example():
+    out = run_example("asyncio_backend.py")
+    assert "done: olleh oicnysa dlrow" in out
+    assert "asyncio client calls: 3" in out
