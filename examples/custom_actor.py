@@ -62,8 +62,9 @@ async def main():
                     await auditor.ask("crash", timeout=5)
                 except RuntimeError as exc:
                     print(f"the asker sees the crash: {exc}")
-                stats = system.stats().actors["auditor"]
-                print(f"restarts so far: {stats.restarts}")
+                # an ask sent during the restart waits in the mailbox: same ref, fresh state
+                print("tally right after the restart:", await auditor.ask("report", timeout=5))
+                print(f"restarts so far: {system.stats().actors['auditor'].restarts}")
 
                 await hive.submit(kind="echo", title="after the restart", prompt="again")
                 await hive.wait_idle(timeout=30)

@@ -40,6 +40,7 @@ def test_custom_actor_example():
     assert "tally: {'echo': 3, 'shout': 1}" in out
     assert "the asker sees the crash" in out and "restarts so far: 1" in out
     assert out.count("started with a fresh tally") == 2
+    assert "tally right after the restart: {}" in out
     assert "tally after the restart: {'echo': 1}" in out
 
 
