@@ -362,48 +362,30 @@ class Engine:
     # ----------------------------------------------------------------- batches
 
     def execute(self, ops: Sequence[Any]) -> tuple[list[outcome.Outcome], list[Event]]:
-        """Run ``ops`` in one transaction, a savepoint each; COMMIT once.
+        """Run ``ops`` in one transaction and COMMIT once.
 
         Returns one outcome per op, in order (a value, or the error that op raised:
         that op changed nothing), and the events to publish, in commit order. If
         SQLite fails the transaction as a whole, every op gets a ``DatabaseError``
         and nothing is committed or published.
+
+        The batch first runs without savepoints. If an operation that writes raises,
+        the whole transaction is rolled back and the batch runs again with a
+        savepoint around each operation, so the failing one is undone alone. (Most
+        batches fail nothing, and a savepoint costs two statements per operation.)
         """
         conn = self._conn
         now = self._clock()
-        results: list[outcome.Outcome] = []
-        published: list[Event] = []
-        handlers = self._handlers
         self.batches += 1
         self.operations += len(ops)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op in ops:
-                handler = handlers.get(type(op))
-                if handler is None:
-                    results.append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
-                    continue
-                if isinstance(op, m.READ_ONLY):
-                    results.append(outcome.capture(handler, op, now))
-                    continue
-                self._events = []
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = handler(op, now)
-                except Exception as exc:  # recorded as this op's outcome
-                    if not conn.in_transaction:
-                        raise _BatchLost() from exc
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(exc, sqlite3.Error):
-                        err = classify(self.path, exc)
-                        err.__cause__ = exc
-                        exc = err
-                    results.append(outcome.Error(exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append(outcome.Value(value))
-                    published.extend(self._events)
+            done = self._run(ops, now, savepoints=False)
+            if done is None:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                done = self._run(ops, now, savepoints=True)
+                assert done is not None
             conn.execute("COMMIT")
         except (sqlite3.Error, _BatchLost) as exc:
             if conn.in_transaction:
@@ -421,6 +403,48 @@ class Engine:
             raise
         finally:
             self._events = []
+        return done
+
+    def _run(
+        self, ops: Sequence[Any], now: float, savepoints: bool
+    ) -> tuple[list[outcome.Outcome], list[Event]] | None:
+        """One pass over the batch inside the open transaction. Without savepoints,
+        returns None as soon as a writing operation raises (the caller rolls back)."""
+        conn = self._conn
+        handlers = self._handlers
+        results: list[outcome.Outcome] = []
+        published: list[Event] = []
+        read_only = m.READ_ONLY
+        for op in ops:
+            handler = handlers.get(type(op))
+            if handler is None:
+                results.append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
+                continue
+            if isinstance(op, read_only):
+                results.append(outcome.capture(handler, op, now))
+                continue
+            self._events = []
+            if savepoints:
+                conn.execute("SAVEPOINT op")
+            try:
+                value = handler(op, now)
+            except Exception as exc:  # recorded as this op's outcome (or retried)
+                if not conn.in_transaction:
+                    raise _BatchLost() from exc
+                if not savepoints:
+                    return None
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                if isinstance(exc, sqlite3.Error):
+                    err = classify(self.path, exc)
+                    err.__cause__ = exc
+                    exc = err
+                results.append(outcome.Error(exc))
+            else:
+                if savepoints:
+                    conn.execute("RELEASE op")
+                results.append(outcome.Value(value))
+                published.extend(self._events)
         return results, published
 
     # ----------------------------------------------------------------- helpers
@@ -482,8 +506,11 @@ class Engine:
         ).fetchone()
         return found[0] if found else None
 
-    def _done(self, op: Any, now: float, row: _Row, first: str, extra: Mapping[str, Any]) -> _Row:
-        new = self._update(row.id, now, status=DONE, **_NO_LEASE)
+    def _done(
+        self, op: Any, now: float, row: _Row, first: str, extra: Mapping[str, Any],
+        **fields: Any,
+    ) -> _Row:
+        new = self._update(row.id, now, status=DONE, **_NO_LEASE, **fields)
         self._emit(op, now, first, new, extra)
         self._emit(op, now, "task.done", new)
         self._conn.execute(
@@ -576,19 +603,19 @@ class Engine:
         status, error = QUEUED, None
         if broken:
             status, error = CANCELLED, f"dependency {broken[0]} {dep_status[broken[0]]}"
-        task_id = self._conn.execute(
+        row = _Row._make(self._conn.execute(
             "INSERT INTO tasks (kind, title, prompt, status, priority, max_attempts, "
             "retry_delay, not_before, pending_deps, error, parent_id, metadata, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLS}",
             (kind, title, prompt, status, priority, max_attempts, retry_delay, not_before,
              pending, error, parent_id, _json(metadata), now, now),
-        ).lastrowid
+        ).fetchone())
         if deps:
             self._conn.executemany(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
-                [(task_id, d) for d in deps],
+                [(row.id, d) for d in deps],
             )
-        row = self._load(task_id)
+            row = row._replace(deps=",".join(map(str, deps)))
         if broken:
             self._emit(op, now, "task.cancelled", row,
                        {"reason": error, "previous": None, "cause": broken[0], **(extra or {})})
@@ -700,8 +727,7 @@ class Engine:
             self._emit(op, now, "task.succeeded", new, info)
             self._emit(op, now, "task.review", new)
             return _task(new)
-        self._update(row.id, now, result=result, error=None)
-        return _task(self._done(op, now, row, "task.succeeded", info))
+        return _task(self._done(op, now, row, "task.succeeded", info, result=result, error=None))
 
     def _fail(self, op: m.Fail, now: float) -> Task:
         row = self._leased(op.task_id, op.token, (RUNNING,))
