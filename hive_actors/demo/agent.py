@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from _task import load_task  # the sibling _task.py (scripts run by path)
+
 PACE = float(os.environ.get("HIVE_DEMO_PACE", "1.0"))  # scales the simulated work
+
 
 
 def _content(filename: str, title: str, finished: bool) -> str:
@@ -45,7 +48,7 @@ def _content(filename: str, title: str, finished: bool) -> str:
 
 def main() -> int:
     """Do the task described by ``HIVE_TASK_JSON``; return the exit status."""
-    task = json.loads(os.environ.get("HIVE_TASK_JSON") or "{}")
+    task = load_task()
     prompt = task.get("prompt", "")
     match = re.search(r"\[demo\] file=(\S+)(?: quirk=(\w+))?", prompt)
     filename, quirk = (match.group(1), match.group(2)) if match else ("notes.md", None)

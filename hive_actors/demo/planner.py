@@ -11,8 +11,9 @@ reviewer rejects; ``flaky``: the first run crashes and is retried).
 """
 
 import json
-import os
 import sys
+
+from _task import load_task  # the sibling _task.py (scripts run by path)
 
 PLAN = [
     ("models", "Design the data model", "code", [],
@@ -30,9 +31,10 @@ PLAN = [
 ]
 
 
+
 def main() -> None:
     """Print the plan for the request found in ``HIVE_TASK_JSON`` (or stdin)."""
-    task = json.loads(os.environ.get("HIVE_TASK_JSON") or "{}")
+    task = load_task()
     request = task.get("prompt") or sys.stdin.read()
     tasks = []
     for priority, (key, title, kind, deps, text, filename, quirk) in enumerate(reversed(PLAN)):

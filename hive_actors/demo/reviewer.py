@@ -9,8 +9,9 @@ on the last line of stdout.
 """
 
 import json
-import os
 from pathlib import Path
+
+from _task import load_task  # the sibling _task.py (scripts run by path)
 
 
 def review(result: object) -> tuple[bool, str]:
@@ -30,7 +31,7 @@ def review(result: object) -> tuple[bool, str]:
 
 def main() -> None:
     """Review the task in ``HIVE_TASK_JSON`` and print the verdict."""
-    task = json.loads(os.environ.get("HIVE_TASK_JSON") or "{}")
+    task = load_task()
     approved, feedback = review(task.get("result"))
     print(json.dumps({"approved": approved, "feedback": feedback}))
 
