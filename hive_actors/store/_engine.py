@@ -60,9 +60,15 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 _COLS = (
     "id, kind, title, prompt, status, priority, attempts, result, feedback, error, "
     "parent_id, created_at, updated_at, max_attempts, retry_delay, fencing_token, "
-    "lease_owner, lease_expires_at, not_before, metadata, attempts_base, lease_hive, "
-    "(SELECT group_concat(depends_on) FROM task_deps WHERE task_deps.task_id = tasks.id)"
+    "lease_owner, lease_expires_at, not_before, metadata, attempts_base, lease_hive, NULL"
 )
+# The same with the dependencies (comma-separated, '' for none), for bulk reads.
+_COLS_DEPS = _COLS[: -len("NULL")] + (
+    "coalesce((SELECT group_concat(depends_on) FROM task_deps "
+    "WHERE task_deps.task_id = tasks.id), '')"
+)
+#: Dependencies never change once stored; this many are cached in memory at most.
+_DEPS_CACHE_SIZE = 100_000
 _Row = collections.namedtuple(
     "_Row",
     "id kind title prompt status priority attempts result feedback error parent_id "
@@ -110,8 +116,7 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _task(row: _Row) -> Task:
-    deps = tuple(sorted(int(d) for d in row.deps.split(","))) if row.deps else ()
+def _task(row: _Row, deps: tuple[int, ...]) -> Task:
     return Task(
         id=row.id,
         kind=row.kind,
@@ -190,6 +195,8 @@ class Engine:
         #: Transactions run by :meth:`execute`, and operations in them (observability).
         self.batches = 0
         self.operations = 0
+        self._deps_cache: dict[int, tuple[int, ...]] = {}
+        self._inserted: list[int] = []  # task ids inserted by the open transaction
         self._handlers: dict[type, Callable[[Any, float], Any]] = {
             m.Submit: self._submit,
             m.Claim: self._claim,
@@ -383,13 +390,16 @@ class Engine:
             done = self._run(ops, now, savepoints=False)
             if done is None:
                 conn.execute("ROLLBACK")
+                self._forget_inserted()
                 conn.execute("BEGIN IMMEDIATE")
                 done = self._run(ops, now, savepoints=True)
                 assert done is not None
             conn.execute("COMMIT")
+            self._inserted.clear()
         except (sqlite3.Error, _BatchLost) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._forget_inserted()
             cause = exc.__cause__ if isinstance(exc, _BatchLost) else exc
             if isinstance(cause, sqlite3.Error):
                 err: Exception = classify(self.path, cause)
@@ -400,6 +410,7 @@ class Engine:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._forget_inserted()
             raise
         finally:
             self._events = []
@@ -424,6 +435,7 @@ class Engine:
                 results.append(outcome.capture(handler, op, now))
                 continue
             self._events = []
+            mark = len(self._inserted)
             if savepoints:
                 conn.execute("SAVEPOINT op")
             try:
@@ -435,6 +447,7 @@ class Engine:
                     return None
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+                self._forget_inserted(mark)
                 if isinstance(exc, sqlite3.Error):
                     err = classify(self.path, exc)
                     err.__cause__ = exc
@@ -448,6 +461,33 @@ class Engine:
         return results, published
 
     # ----------------------------------------------------------------- helpers
+
+    def _task(self, row: _Row) -> Task:
+        if row.deps is not None:
+            deps = tuple(sorted(int(d) for d in row.deps.split(","))) if row.deps else ()
+            return _task(row, deps)
+        return _task(row, self._deps(row.id))
+
+    def _deps(self, task_id: int) -> tuple[int, ...]:
+        deps = self._deps_cache.get(task_id)
+        if deps is None:
+            deps = tuple(r[0] for r in self._conn.execute(
+                "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on",
+                (task_id,),
+            ))
+            self._remember_deps(task_id, deps)
+        return deps
+
+    def _remember_deps(self, task_id: int, deps: tuple[int, ...]) -> None:
+        if len(self._deps_cache) >= _DEPS_CACHE_SIZE:
+            self._deps_cache.clear()
+        self._deps_cache[task_id] = deps
+
+    def _forget_inserted(self, mark: int = 0) -> None:
+        """Tasks inserted since ``mark`` were rolled back: their ids may be reused."""
+        for task_id in self._inserted[mark:]:
+            self._deps_cache.pop(task_id, None)
+        del self._inserted[mark:]
 
     def _load(self, task_id: int) -> _Row:
         raw = self._conn.execute(_SELECT_ONE, (task_id,)).fetchone()
@@ -615,7 +655,8 @@ class Engine:
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
                 [(row.id, d) for d in deps],
             )
-            row = row._replace(deps=",".join(map(str, deps)))
+        self._inserted.append(row.id)
+        self._remember_deps(row.id, tuple(deps))
         if broken:
             self._emit(op, now, "task.cancelled", row,
                        {"reason": error, "previous": None, "cause": broken[0], **(extra or {})})
@@ -652,7 +693,7 @@ class Engine:
             retry_delay=op.retry_delay, metadata=op.metadata, parent_id=op.parent_id,
             not_before=now + op.delay,
         )
-        return _task(row)
+        return self._task(row)
 
     def _claim(self, op: m.Claim, now: float) -> list[Task]:
         conn = self._conn
@@ -675,7 +716,7 @@ class Engine:
                 "attempt": row.attempts, "token": row.fencing_token, "worker": op.worker,
                 "lease_expires_at": expires,
             })
-            claimed.append(_task(row))
+            claimed.append(self._task(row))
         return claimed
 
     def _claim_review(self, op: m.ClaimReview, now: float) -> list[Task]:
@@ -695,7 +736,7 @@ class Engine:
             new = self._update(task_id, now, fencing_token=row.fencing_token + 1,
                                lease_owner=op.worker, lease_hive=self.hive_id,
                                lease_expires_at=now + op.lease_seconds)
-            claimed.append(_task(new))
+            claimed.append(self._task(new))
         return claimed
 
     def _heartbeat(self, op: m.Heartbeat, now: float) -> float:
@@ -726,13 +767,13 @@ class Engine:
                                **_NO_LEASE)
             self._emit(op, now, "task.succeeded", new, info)
             self._emit(op, now, "task.review", new)
-            return _task(new)
-        return _task(self._done(op, now, row, "task.succeeded", info, result=result, error=None))
+            return self._task(new)
+        return self._task(self._done(op, now, row, "task.succeeded", info, result=result, error=None))
 
     def _fail(self, op: m.Fail, now: float) -> Task:
         row = self._leased(op.task_id, op.token, (RUNNING,))
         self._close_run(row, now, "failed", op.exit_code, op.output_tail)
-        return _task(self._failed_attempt(op, now, row, op.error, op.retry, op.delay))
+        return self._task(self._failed_attempt(op, now, row, op.error, op.retry, op.delay))
 
     def _release(self, op: m.Release, now: float) -> Task:
         row = self._leased(op.task_id, op.token, (RUNNING,))
@@ -742,7 +783,7 @@ class Engine:
         self._emit(op, now, "task.retrying", new,
                    {"reason": op.reason, "attempt": row.attempts, "delay": 0.0,
                     "not_before": now})
-        return _task(new)
+        return self._task(new)
 
     def _review_row(self, task_id: int, token: int | None, operation: str,
                     statuses: tuple[str, ...] = (REVIEW,)) -> _Row:
@@ -755,7 +796,7 @@ class Engine:
 
     def _approve(self, op: m.Approve, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "approve")
-        return _task(self._done(op, now, row, "task.approved", {}))
+        return self._task(self._done(op, now, row, "task.approved", {}))
 
     def _rework(self, op: Any, now: float, row: _Row, feedback: str, bounded: bool) -> _Row:
         used = row.attempts - row.attempts_base
@@ -775,19 +816,19 @@ class Engine:
 
     def _reject(self, op: m.Reject, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "reject")
-        return _task(self._rework(op, now, row, op.feedback, bounded=True))
+        return self._task(self._rework(op, now, row, op.feedback, bounded=True))
 
     def _escalate(self, op: m.Escalate, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "escalate")
         new = self._update(row.id, now, status=ESCALATED, **_NO_LEASE)
         self._emit(op, now, "task.escalated", new, {"reason": op.reason})
-        return _task(new)
+        return self._task(new)
 
     def _decide(self, op: m.Decide, now: float) -> Task:
         row = self._review_row(op.task_id, None, "decide", (ESCALATED, REVIEW))
         if op.approve:
-            return _task(self._done(op, now, row, "task.approved", {"decided": True}))
-        return _task(self._rework(op, now, row, op.feedback or "", bounded=False))
+            return self._task(self._done(op, now, row, "task.approved", {"decided": True}))
+        return self._task(self._rework(op, now, row, op.feedback or "", bounded=False))
 
     def _cancel(self, op: m.Cancel, now: float) -> Task:
         row = self._load(op.task_id)
@@ -795,13 +836,13 @@ class Engine:
             raise IllegalTransition(row.id, row.status, "cancel")
         new = self._cancel_row(op, now, row, op.reason, None)
         self._cascade(row.id, now, op)
-        return _task(new)
+        return self._task(new)
 
     def _retry(self, op: m.Retry, now: float) -> Task:
         row = self._load(op.task_id)
         if row.status not in (FAILED, CANCELLED):
             raise IllegalTransition(row.id, row.status, "retry", "only failed or cancelled")
-        deps = [int(d) for d in row.deps.split(",")] if row.deps else []
+        deps = list(self._deps(row.id))
         found = self._statuses(deps)
         broken = tuple(sorted(d for d, s in found.items() if s in (FAILED, CANCELLED)))
         if broken:
@@ -814,7 +855,7 @@ class Engine:
         new = self._update(row.id, now, status=QUEUED, attempts_base=row.attempts,
                            not_before=now, error=None, pending_deps=pending, **_NO_LEASE)
         self._emit(op, now, "task.queued", new, {"retry": True})
-        return _task(new)
+        return self._task(new)
 
     def _sweep(self, op: m.SweepLeases, now: float) -> list[Task]:
         rows = self._conn.execute(
@@ -828,13 +869,13 @@ class Engine:
             if row.status == RUNNING:
                 self._close_run(row, now, "expired")
                 error = f"lease of {row.lease_owner} expired"
-                changed.append(_task(self._failed_attempt(
+                changed.append(self._task(self._failed_attempt(
                     op, now, row, error, True, None, {"expired": True}
                 )))
             else:
                 new = self._update(row.id, now, fencing_token=row.fencing_token + 1,
                                    **_NO_LEASE)
-                changed.append(_task(new))
+                changed.append(self._task(new))
         return changed
 
     def _store_plan(self, op: m.StorePlan, now: float) -> StoredPlan:
@@ -881,16 +922,16 @@ class Engine:
             self._emit(op, now, "task.review", new)
         else:
             new = self._done(op, now, plan, "task.succeeded", {"attempt": plan.attempts})
-        tasks = {e.key: _task(self._load(ids[e.key])) for e in entries}
-        return StoredPlan(plan=_task(new), tasks=tasks)
+        tasks = {e.key: self._task(self._load(ids[e.key])) for e in entries}
+        return StoredPlan(plan=self._task(new), tasks=tasks)
 
     # ------------------------------------------------------------------- reads
 
     def _get(self, op: m.Get, now: float) -> Task:
-        return _task(self._load(op.task_id))
+        return self._task(self._load(op.task_id))
 
     def _list(self, op: m.ListTasks, now: float) -> list[Task]:
-        sql = f"SELECT {_COLS} FROM tasks WHERE id > ?"
+        sql = f"SELECT {_COLS_DEPS} FROM tasks WHERE id > ?"
         args: list[Any] = [op.after_id]
         if op.status is not None:
             wanted = (op.status,) if isinstance(op.status, str) else tuple(op.status)
@@ -909,7 +950,7 @@ class Engine:
         if op.limit is not None:
             sql += " LIMIT ?"
             args.append(op.limit)
-        return [_task(_Row._make(r)) for r in self._conn.execute(sql, args)]
+        return [self._task(_Row._make(r)) for r in self._conn.execute(sql, args)]
 
     def _counts(self, op: m.Counts, now: float) -> dict[str, Any]:
         counts = dict.fromkeys(STATUSES, 0)
