@@ -479,3 +479,35 @@ def test_synchronous_full_is_applied(db_path):
     finally:
         engine.close()
     assert os.path.exists(db_path)
+
+
+def test_an_operation_failing_after_it_wrote_is_undone_alone(db_path):
+    engine, _, _ = Engine.open(db_path, clock=lambda: 5.0)
+    real_submit = engine._handlers[messages.Submit]
+
+    def submit_then_explode(op, now):
+        task = real_submit(op, now)  # the row and its event are written...
+        if op.title == "boom":
+            raise RuntimeError("exploded after writing")  # ...then the op fails
+        return task
+
+    engine._handlers[messages.Submit] = submit_then_explode
+    try:
+        results, events = engine.execute([
+            messages.Submit("k", "a"),
+            messages.Submit("k", "boom", depends_on=[1]),
+            messages.Submit("k", "c"),
+        ])
+        assert isinstance(results[1].error, RuntimeError)
+        a, c = results[0].value, results[2].value
+        assert [(e.type, e.task_id) for e in events] == [
+            ("task.queued", a.id), ("task.queued", c.id)
+        ]
+        (listed,), _ = engine.execute([messages.ListTasks()])
+        assert [(t.title, t.depends_on) for t in listed.unwrap()] == [("a", ()), ("c", ())]
+        (again,), _ = engine.execute([messages.Submit("k", "d")])
+        assert again.value.depends_on == ()  # a rolled-back id's dependencies are forgotten
+    finally:
+        engine.close()
+    assert read_db(db_path, "SELECT title FROM tasks ORDER BY id") == [("a",), ("c",), ("d",)]
+    assert read_db(db_path, "SELECT count(*) FROM events") == [(3,)]
