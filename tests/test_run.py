@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -24,9 +25,11 @@ from tests.test_cli import (
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m hive_actors.run ARGS`` to the end."""
+    """Run ``python -m hive_actors.run ARGS`` to the end (the demo's agents pacing
+    themselves faster than for a person watching)."""
     return subprocess.run([sys.executable, "-m", "hive_actors.run", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=LIMIT)
+                          capture_output=True, text=True, timeout=LIMIT,
+                          env={**os.environ, "HIVE_DEMO_PACE": "0.2"})
 
 
 def start(*args: str) -> subprocess.Popen[str]:

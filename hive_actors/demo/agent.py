@@ -10,6 +10,8 @@ Quirks, so the demo shows the hive's machinery:
 - ``quirk=todo``: without reviewer feedback it leaves a ``TODO`` in the file (the
   reviewer rejects that); with feedback it finishes the job.
 - ``quirk=flaky``: the first run in a workspace crashes (exit 1); the hive retries.
+
+``HIVE_DEMO_PACE`` (default 1.0) scales the time each run pretends to think.
 """
 
 import json
