@@ -149,9 +149,19 @@ class _Output:
         self.console = make_console()
 
     def json(self, value: Any) -> None:
+        """Print ``value`` as one JSON document."""
         print(_dumps(value), flush=True)
 
+    def task(self, task: Task, message: Any) -> int:
+        """Print the task's fields with ``--json``, else ``message``; return 0."""
+        if self.as_json:
+            self.json(task_json(task))
+        else:
+            self.show(message)
+        return 0
+
     def show(self, renderable: Any) -> None:
+        """Print text (never read as markup) or a rich renderable."""
         if isinstance(renderable, str):
             self.console.print(renderable, soft_wrap=True, markup=False)
         else:
@@ -195,23 +205,15 @@ async def _submit(store: Any, opts: argparse.Namespace, config: HiveConfig | Non
         depends_on=opts.depends_on, max_attempts=max_attempts,
         retry_delay=kind.retry_delay if kind is not None else 1.0, actor="cli",
     )
-    if out.as_json:
-        out.json(task_json(task))
-    else:
-        out.show(f"submitted task {task.id} ({task.kind}: {task.title}), {task.status}")
-    return 0
+    return out.task(task, f"submitted task {task.id} ({task.kind}: {task.title}), {task.status}")
 
 
 async def _plan(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
                 out: _Output) -> int:
     task = await store.submit("plan", opts.title, _prompt(opts.prompt), priority=opts.priority,
                               actor="cli")
-    if out.as_json:
-        out.json(task_json(task))
-    else:
-        out.show(f"submitted plan request {task.id} ({task.title}); a hive with a planner "
-                 "splits it into tasks")
-    return 0
+    return out.task(task, f"submitted plan request {task.id} ({task.title}); a hive with "
+                          "a planner splits it into tasks")
 
 
 async def _status(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
@@ -241,11 +243,7 @@ async def _list(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
 async def _show(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
                 out: _Output) -> int:
     task = await store.get(opts.id)
-    if out.as_json:
-        out.json(task_json(task))
-    else:
-        out.show(_view.task_panel(task, await store.runs(task.id)))
-    return 0
+    return out.task(task, _view.task_panel(task, await store.runs(task.id)))
 
 
 async def _events(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
@@ -301,34 +299,22 @@ async def _cancel(store: Any, opts: argparse.Namespace, config: HiveConfig | Non
             from .hive._command import kill_process_groups
 
             killed = kill_process_groups([pgids[-1]])
-    if out.as_json:
-        out.json(task_json(task))
-    else:
-        note = f"; killed its agent (process group {killed[0]})" if killed else ""
-        out.show(f"cancelled task {task.id} (was {before.status}){note}")
-    return 0
+    note = f"; killed its agent (process group {killed[0]})" if killed else ""
+    return out.task(task, f"cancelled task {task.id} (was {before.status}){note}")
 
 
 async def _retry(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
                  out: _Output) -> int:
     task = await store.retry(opts.id, actor="cli")
-    if out.as_json:
-        out.json(task_json(task))
-    else:
-        out.show(f"task {task.id} is {task.status} again, with a fresh attempt budget")
-    return 0
+    return out.task(task, f"task {task.id} is {task.status} again, with a fresh attempt budget")
 
 
 async def _review(store: Any, opts: argparse.Namespace, config: HiveConfig | None,
                   out: _Output) -> int:
     task = await store.decide(opts.id, approve=opts.approve, feedback=opts.feedback,
                               actor="person")
-    if out.as_json:
-        out.json(task_json(task))
-    else:
-        verdict = "approved" if opts.approve else "rejected"
-        out.show(f"task {task.id} {verdict}: now {task.status}")
-    return 0
+    verdict = "approved" if opts.approve else "rejected"
+    return out.task(task, f"task {task.id} {verdict}: now {task.status}")
 
 
 COMMANDS: dict[str, Callable[..., Awaitable[int]]] = {
