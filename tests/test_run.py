@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -188,3 +189,31 @@ def test_second_signal_forces_exit(tmp_path):
     assert "forced exit" in err
     # the next hive on the database re-queues the task the forced exit left running
     assert hive_json("show", str(task["id"]), db=db)["status"] == "queued"
+
+
+def test_live_view_on_a_terminal(tmp_path):
+    agent = write_agent(tmp_path, "ok.py", OK_AGENT)
+    config = write_config(tmp_path, {"code": [sys.executable, str(agent)]})
+    hive("--config", str(config), "submit", "--kind", "code", "--title", "watched")
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--until-idle"],
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+        env={**os.environ, "COLUMNS": "120", "LINES": "50", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert proc.wait(timeout=LIMIT) == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # drawn with terminal control codes
+    for part in ("Tasks by status", "Workers", "Recent events", "done/min", "Summary"):
+        assert part in text
