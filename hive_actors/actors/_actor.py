@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -266,14 +267,20 @@ class _ActorCell:
         receive = self.receive.receive
         handle = actor.handle
         faults = self.system.faults
-        waiting = _waiting_items(self.receive)
+        buffered, blocked_senders = _channel_internals(self.receive)
         budget = _YIELD_EVERY
         while not self.stop_requested:
-            try:
-                if not waiting():
-                    raise trio.WouldBlock
-                item = receive_nowait()
-            except trio.WouldBlock:
+            if buffered and not blocked_senders:
+                item = buffered.popleft()  # what receive_nowait() would do, minus a call
+            elif buffered is None or blocked_senders:
+                try:
+                    item = receive_nowait()
+                except trio.WouldBlock:
+                    self.idle = True
+                    item = await receive()
+                    self.idle = False
+                    budget = _YIELD_EVERY
+            else:
                 self.idle = True
                 item = await receive()
                 self.idle = False
@@ -411,19 +418,20 @@ class _ActorCell:
         self.system._actor_gone(self, reason)
 
 
-def _waiting_items(receive: Any) -> Any:
-    """A cheap "is anything waiting?" test for a trio memory receive channel.
+def _channel_internals(receive: Any) -> tuple[Any, Any]:
+    """The buffer deque and blocked-senders map of a trio memory channel, or (None, None).
 
-    Raising and catching WouldBlock on every empty mailbox costs more than handling a
-    small message, so peek at the channel's buffer when this trio version exposes
-    it; otherwise answer "maybe" and let receive_nowait decide.
+    The mailbox loop pops from the buffer directly while no sender is blocked (exactly
+    what ``receive_nowait`` does then), because a method call and a raised
+    WouldBlock per message cost more than handling a small message.  If this trio
+    version keeps its channel state elsewhere, the loop falls back to the public API.
     """
     state = getattr(receive, "_state", None)
-    data = getattr(state, "data", None)
-    send_tasks = getattr(state, "send_tasks", None)
-    if data is None or send_tasks is None:
-        return lambda: True
-    return lambda: data or send_tasks
+    buffered = getattr(state, "data", None)
+    blocked_senders = getattr(state, "send_tasks", None)
+    if not isinstance(buffered, collections.deque) or blocked_senders is None:
+        return None, None
+    return buffered, blocked_senders
 
 
 def check_spawn_args(name: str | None, mailbox_size: Any, restart: str) -> None:
