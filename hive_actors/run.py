@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 from rich.console import Console
 
@@ -42,6 +43,8 @@ log = logging.getLogger("hive_actors.run")
 EXIT_FAILED = 1
 #: Exit status for a bad configuration or database.
 EXIT_BAD_INPUT = 2
+#: At most this many tasks (the latest) are listed in the final summary table.
+SUMMARY_ROWS = 50
 
 _HINT = "explore it: hive --db {db} status   (also list, show ID, events)"
 
@@ -139,8 +142,6 @@ def load_config(path: str | os.PathLike[str]) -> HiveConfig:
     """Read a TOML configuration; its database defaults to ``hive.db`` beside it."""
     config = HiveConfig.from_toml(path)
     if config.db is None:
-        import attrs
-
         config = attrs.evolve(config, db=Path(path).absolute().parent / "hive.db")
     return config
 
@@ -236,14 +237,17 @@ async def _idle_or_stopped(hive: Any, stop: _Stop) -> bool:
 
 async def _summary(hive: Any, console: Console, *, demo_dir: Path | None) -> list[Any]:
     """Print the final table; return the failed tasks of the kinds served here."""
-    tasks = await hive.list()
+    status = await hive.status()
+    total = sum(status["counts"].values())
+    tasks = await hive.store.list(after_id=max(0, total - SUMMARY_ROWS))  # the latest ones
     served = hive.served_kinds()
     console.print()
     if demo_dir is not None:
         await _story(hive, console)
-    console.print(_view.tasks_table(tasks, title="Summary"))
-    console.print(_view.counts_table(await hive.status(), title=None))
-    escalated = [t for t in tasks if t.status == "escalated"]
+    title = "Summary" if total <= len(tasks) else f"Summary: the last {len(tasks)} of {total} tasks"
+    console.print(_view.tasks_table(tasks, title=title))
+    console.print(_view.counts_table(status, title=None))
+    escalated = await hive.list(status="escalated")
     if escalated:
         ids = " ".join(str(t.id) for t in escalated)
         console.print(f"waiting for a person: {ids} (decide with: hive --db {hive.path} "
@@ -253,7 +257,7 @@ async def _summary(hive: Any, console: Console, *, demo_dir: Path | None) -> lis
         console.print(f"workspaces: {demo_dir / 'workspaces'} (one folder per task)",
                       markup=False, soft_wrap=True)
     console.print(_HINT.format(db=hive.path), markup=False, soft_wrap=True)
-    return [t for t in tasks if t.status == "failed" and t.kind in served]
+    return [t for t in await hive.list(status="failed") if t.kind in served]
 
 
 _STORY = {
@@ -340,7 +344,9 @@ async def run_hive(
                     failed = await _summary(hive, console, demo_dir=demo_dir)
                     if failed:
                         names = ", ".join(f"{t.id} ({t.title}: {_view.shorten(t.error, 80)})"
-                                          for t in failed)
+                                          for t in failed[:20])
+                        if len(failed) > 20:
+                            names += f" and {len(failed) - 20} more (hive list --status failed)"
                         print(f"hive: {len(failed)} task(s) failed: {names}",
                               file=sys.stderr, flush=True)
                         code = EXIT_FAILED
