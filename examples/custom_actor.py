@@ -37,6 +37,17 @@ class Auditor(hive_actors.Actor):
             raise RuntimeError("the auditor tripped on purpose")
 
 
+async def tally_of(auditor, finished: int) -> dict:
+    """The auditor's tally once it has seen ``finished`` tasks done. The bus delivers an
+    event shortly after its commit, asynchronously, so ask until it has arrived."""
+    with trio.fail_after(10):
+        while True:
+            tally = await auditor.ask("report", timeout=5)
+            if sum(tally.values()) >= finished:
+                return tally
+            await trio.sleep(0.01)
+
+
 async def echo(task):
     """A Python backend that returns the prompt."""
     return {"echo": task.prompt}
@@ -56,7 +67,7 @@ async def main():
                     await hive.submit(kind="echo", title=f"echo {i}", prompt=str(i))
                 await hive.submit(kind="shout", title="shout", prompt="HI")
                 await hive.wait_idle(timeout=30)
-                print("tally:", await auditor.ask("report", timeout=5))
+                print("tally:", await tally_of(auditor, 4))
 
                 try:
                     await auditor.ask("crash", timeout=5)
@@ -68,7 +79,7 @@ async def main():
 
                 await hive.submit(kind="echo", title="after the restart", prompt="again")
                 await hive.wait_idle(timeout=30)
-                print("tally after the restart:", await auditor.ask("report", timeout=5))
+                print("tally after the restart:", await tally_of(auditor, 1))
 
 
 if __name__ == "__main__":
