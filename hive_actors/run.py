@@ -355,7 +355,8 @@ async def run_hive(
         finally:
             outer.cancel_scope.cancel()
     if stop.requested.is_set():
-        print("hive: stopped", file=sys.stderr, flush=True)
+        print(f"hive: stopped; unfinished tasks wait in {db} (see: hive --db {db} status)",
+              file=sys.stderr, flush=True)
     return code
 
 
