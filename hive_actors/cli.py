@@ -317,6 +317,7 @@ async def _review(store: Any, opts: argparse.Namespace, config: HiveConfig | Non
     return out.task(task, f"task {task.id} {verdict}: now {task.status}")
 
 
+#: Each subcommand's implementation: ``(store, opts, config, out) -> exit status``.
 COMMANDS: dict[str, Callable[..., Awaitable[int]]] = {
     "submit": _submit, "plan": _plan, "status": _status, "list": _list, "show": _show,
     "events": _events, "cancel": _cancel, "retry": _retry, "review": _review,

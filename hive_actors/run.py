@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a hive: a Queen handing tasks to agent workers, a reviewer and "
                     "a planner, all durable in one SQLite file.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", metavar="FILE", help="the hive's TOML configuration")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE",
+                        help="the hive's TOML configuration (default: ./hive.toml)")
     source.add_argument("--demo", action="store_true",
                         help="run the bundled demo in a temporary directory, then exit")
     parser.add_argument("--db", metavar="FILE",
@@ -372,8 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path = demo.prepare()
             demo_dir = config_path.parent
             print(f"hive demo in {demo_dir}", flush=True)
-        else:
+        elif opts.config is not None:
             config_path = Path(opts.config)
+        elif Path("hive.toml").is_file():
+            config_path = Path("hive.toml")
+        else:
+            report_error("no configuration: pass --config FILE (or run where a hive.toml "
+                         "is), or try --demo", opts.log_json)
+            return EXIT_BAD_INPUT
         config = load_config(config_path)
         db = Path(opts.db) if opts.db else config.db
         return trio.run(lambda: run_hive(

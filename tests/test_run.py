@@ -131,6 +131,8 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
     assert "hive.lease_seconds" in done.stderr and "kinds.code.command" in done.stderr
     missing = run("--config", str(tmp_path / "absent.toml"))
     assert missing.returncode == 2 and "absent.toml" in missing.stderr
+    nothing = run(cwd=tmp_path)  # no --config, and no hive.toml here
+    assert nothing.returncode == 2 and "--config" in nothing.stderr
 
 
 def test_bad_database_exits_2_with_one_line(tmp_path):
