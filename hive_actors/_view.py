@@ -10,6 +10,7 @@ minute), which reads well in CI logs. The table builders are shared with the
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import deque
@@ -37,6 +38,8 @@ STATUS_STYLES: Mapping[str, str] = {
     "failed": "red",
     "cancelled": "dim",
 }
+
+log = logging.getLogger("hive_actors.view")
 
 _EVENT_PAGE = 1000
 _SLOT_SUFFIX = re.compile(r"-\d{5,}$")  # open_hive appends id(runtime) to slot names
@@ -305,8 +308,9 @@ async def watch(
                     display.update(render(await monitor.snapshot(), db), refresh=True)
                     await trio.sleep(refresh)
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    display.update(render(await monitor.snapshot(), db), refresh=True)
+                final = await _last_snapshot(monitor)
+                if final is not None:
+                    display.update(render(final, db), refresh=True)
         return
     last_key: tuple[int, ...] = ()
     last_time = -float("inf")
@@ -320,10 +324,20 @@ async def watch(
                 last_key, last_time = key, now
             await trio.sleep(refresh)
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            snapshot = await monitor.snapshot()
-            if _counts_key(snapshot) != last_key:
-                console.print(status_line(snapshot), highlight=False, soft_wrap=True)
+        final = await _last_snapshot(monitor)
+        if final is not None and _counts_key(final) != last_key:
+            console.print(status_line(final), highlight=False, soft_wrap=True)
+
+
+async def _last_snapshot(monitor: Monitor) -> Snapshot | None:
+    """A final snapshot, even while cancelled; ``None`` if it cannot be had quickly
+    (the store is gone or busy): the last frame then stays as it was."""
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        try:
+            return await monitor.snapshot()
+        except Exception as exc:  # the view must never mask how the hive ended
+            log.debug("no final snapshot for the view: %r", exc)
+    return None
 
 
 def _counts_key(snapshot: Snapshot) -> tuple[int, ...]:
