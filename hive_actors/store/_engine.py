@@ -69,22 +69,55 @@ _COLS_DEPS = _COLS[: -len("NULL")] + (
 )
 #: Dependencies never change once stored; this many are cached in memory at most.
 _DEPS_CACHE_SIZE = 100_000
+#: At most this many rows of leased tasks are kept in memory (see ``Engine._rows_cache``).
+_ROW_CACHE_SIZE = 50_000
 _Row = collections.namedtuple(
     "_Row",
     "id kind title prompt status priority attempts result feedback error parent_id "
     "created_at updated_at max_attempts retry_delay fencing_token lease_owner "
     "lease_expires_at not_before metadata attempts_base lease_hive deps",
 )
+_ROW_FIELDS = frozenset(_Row._fields)
 _ACTIVE = (QUEUED, RUNNING, REVIEW, ESCALATED)
 _SELECT_ONE = f"SELECT {_COLS} FROM tasks WHERE id = ?"
 _CLAIM = (
-    "SELECT id FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
+    f"SELECT {_COLS} FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
     "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?"
 )
-_INSERT_EVENT = (
-    "INSERT INTO events (ts, type, task_id, actor, correlation_id, payload) "
+_CLAIM_UPDATE = (
+    "UPDATE tasks SET status = 'running', attempts = ?, fencing_token = ?, lease_owner = ?, "
+    "lease_hive = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
+)
+_INSERT_RUN = (
+    "INSERT INTO runs (task_id, attempt, fencing_token, worker, hive_id, started_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_TASK = (
+    "INSERT INTO tasks (kind, title, prompt, status, priority, max_attempts, retry_delay, "
+    "not_before, pending_deps, error, parent_id, metadata, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Event rows are buffered and written with one executemany per batch; their ``seq`` is
+# assigned here, continuing from the largest ever given (AUTOINCREMENT's counter),
+# which nothing else can move while this connection holds the write lock.
+_INSERT_EVENTS = (
+    "INSERT INTO events (seq, ts, type, task_id, actor, correlation_id, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_LAST_SEQ = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), "
+    "coalesce((SELECT max(seq) FROM events), 0))"
+)
+_DEPENDENTS_READY = (
+    "UPDATE tasks SET pending_deps = pending_deps - 1 "
+    "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)"
+)
+_CLOSE_RUN = (
+    "UPDATE runs SET ended_at = ?, duration = ? - started_at, "
+    "exit_code = coalesce(?, exit_code), output_tail = coalesce(?, output_tail), "
+    "outcome = ? WHERE task_id = ? AND fencing_token = ? AND ended_at IS NULL"
+)
+_CLOSE_RUN_PGID = _CLOSE_RUN + " RETURNING pgid"
 _PLAN_FIELDS = frozenset(attrs.fields_dict(PlannedTask))
 
 
@@ -112,33 +145,40 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+def _payload_encoder() -> Callable[[Any], str]:
+    """``json.dumps`` for event payloads (dicts the engine builds, of JSON values),
+    without building a new encoder per call."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.dumps
+    default = json.JSONEncoder().default
+    encode = make(None, default, json.encoder.encode_basestring_ascii, None,
+                  ": ", ", ", False, False, True)
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        return join(encode(value, 0))
+
+    return dumps
+
+
+_dump_payload = _payload_encoder()
+
+
 def _unjson(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
 def _task(row: _Row, deps: tuple[int, ...]) -> Task:
+    (id_, kind, title, prompt, status, priority, attempts, result, feedback, error,
+     parent_id, created_at, updated_at, max_attempts, retry_delay, fencing_token,
+     lease_owner, lease_expires_at, not_before, metadata, _, _, _) = row
     return Task(
-        id=row.id,
-        kind=row.kind,
-        title=row.title,
-        prompt=row.prompt,
-        status=row.status,
-        priority=row.priority,
-        attempts=row.attempts,
-        result=_unjson(row.result),
-        feedback=row.feedback,
-        error=row.error,
-        depends_on=deps,
-        parent_id=row.parent_id,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        max_attempts=row.max_attempts,
-        retry_delay=float(row.retry_delay),
-        fencing_token=row.fencing_token,
-        lease_owner=row.lease_owner,
-        lease_expires_at=row.lease_expires_at,
-        not_before=float(row.not_before),
-        metadata=_unjson(row.metadata),
+        id_, kind, title, prompt, status, priority, attempts,
+        None if result is None else json.loads(result),
+        feedback, error, deps, parent_id, created_at, updated_at, max_attempts,
+        float(retry_delay), fencing_token, lease_owner, lease_expires_at,
+        float(not_before), None if metadata is None else json.loads(metadata),
     )
 
 
@@ -192,6 +232,18 @@ class Engine:
         self._clock = clock
         self._rng = rng
         self._events: list[Event] = []
+        # Event rows of the open transaction not yet written, and the last seq given.
+        self._rows: list[tuple[Any, ...]] = []
+        self._seq: int | None = None
+        self._update_sql: dict[tuple[str, ...], str] = {}
+        # The current row of every task this engine has seen running or in review (the
+        # ones a worker or reviewer will act on next), so acting on them needs no read.
+        # Kept exact: every write to a task goes through it, it is dropped when a
+        # transaction or savepoint rolls back, and when another connection committed
+        # since (``PRAGMA data_version`` moved).
+        self._rows_cache: dict[int, _Row] = {}
+        self._data_version: int | None = None
+        self._payloads: dict[tuple[str, str], str] = {}
         #: Transactions run by :meth:`execute`, and operations in them (observability).
         self.batches = 0
         self.operations = 0
@@ -274,6 +326,7 @@ class Engine:
                     migrate(conn, version)
                     engine = cls(conn, path, uuid.uuid4().hex, clock, rng or random.Random())
                     report = engine._register_and_recover(hive_stale_after)
+                    engine._flush()
                     events = engine._events
                     engine._events = []
                     conn.execute("COMMIT")
@@ -340,19 +393,19 @@ class Engine:
         for raw in rows:
             row = _Row._make(raw)
             if row.status == REVIEW:
-                self._update(row.id, now, lease_owner=None, lease_hive=None,
+                self._update(row, now, lease_owner=None, lease_hive=None,
                              lease_expires_at=None, fencing_token=row.fencing_token + 1)
                 continue
-            pgid = self._close_run(row, now, "recovered")
+            pgid = self._close_run(row, now, "recovered", pgid=True)
             if pgid is not None:
                 pgids.append(pgid)
             reason = f"hive process {row.lease_hive} that held the lease is gone"
             if row.attempts - row.attempts_base < row.max_attempts:
-                new = self._update(row.id, now, status=QUEUED, not_before=now, error=reason,
+                new = self._update(row, now, status=QUEUED, not_before=now, error=reason,
                                    **_NO_LEASE)
                 requeued.append(row.id)
             else:
-                new = self._update(row.id, now, status=FAILED, error=reason, **_NO_LEASE)
+                new = self._update(row, now, status=FAILED, error=reason, **_NO_LEASE)
                 failed.append(row.id)
             self._emit(op, now, "task.recovered", new,
                        {"reason": reason, "attempt": row.attempts, "pgid": pgid})
@@ -382,15 +435,21 @@ class Engine:
         batches fail nothing, and a savepoint costs two statements per operation.)
         """
         conn = self._conn
-        now = self._clock()
+        now = float(self._clock())
         self.batches += 1
         self.operations += len(ops)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._rows_cache.clear()  # another connection wrote
+                self._data_version = version
             done = self._run(ops, now, savepoints=False)
             if done is None:
                 conn.execute("ROLLBACK")
                 self._forget_inserted()
+                self._rows.clear()
+                self._seq = None
                 conn.execute("BEGIN IMMEDIATE")
                 done = self._run(ops, now, savepoints=True)
                 assert done is not None
@@ -414,6 +473,8 @@ class Engine:
             raise
         finally:
             self._events = []
+            self._rows.clear()
+            self._seq = None
         return done
 
     def _run(
@@ -426,16 +487,20 @@ class Engine:
         results: list[outcome.Outcome] = []
         published: list[Event] = []
         read_only = m.READ_ONLY
+        rows = self._rows
         for op in ops:
             handler = handlers.get(type(op))
             if handler is None:
                 results.append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
                 continue
             if isinstance(op, read_only):
+                if rows:
+                    self._flush()  # a read sees every event written before it
                 results.append(outcome.capture(handler, op, now))
                 continue
             self._events = []
             mark = len(self._inserted)
+            rows_mark, seq_mark = len(rows), self._seq
             if savepoints:
                 conn.execute("SAVEPOINT op")
             try:
@@ -447,6 +512,8 @@ class Engine:
                     return None
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+                del rows[rows_mark:]
+                self._seq = seq_mark
                 self._forget_inserted(mark)
                 if isinstance(exc, sqlite3.Error):
                     err = classify(self.path, exc)
@@ -458,7 +525,15 @@ class Engine:
                     conn.execute("RELEASE op")
                 results.append(outcome.Value(value))
                 published.extend(self._events)
+        if rows:
+            self._flush()
         return results, published
+
+    def _flush(self) -> None:
+        """Write the buffered event rows (one statement for all)."""
+        if self._rows:
+            self._conn.executemany(_INSERT_EVENTS, self._rows)
+            self._rows.clear()
 
     # ----------------------------------------------------------------- helpers
 
@@ -484,24 +559,49 @@ class Engine:
         self._deps_cache[task_id] = deps
 
     def _forget_inserted(self, mark: int = 0) -> None:
-        """Tasks inserted since ``mark`` were rolled back: their ids may be reused."""
+        """Changes since ``mark`` were rolled back: forget the rows cached, and the
+        tasks inserted since (their ids may be reused)."""
+        self._rows_cache.clear()
         for task_id in self._inserted[mark:]:
             self._deps_cache.pop(task_id, None)
         del self._inserted[mark:]
 
-    def _load(self, task_id: int) -> _Row:
+    def _load(self, task_id: int, fresh: bool = False) -> _Row:
+        """The task's current row (from the cache unless ``fresh``)."""
+        if not fresh:
+            row = self._rows_cache.get(task_id)
+            if row is not None:
+                return row
         raw = self._conn.execute(_SELECT_ONE, (task_id,)).fetchone()
         if raw is None:
             raise TaskNotFound(task_id)
         return _Row._make(raw)
 
-    def _update(self, task_id: int, now: float, **fields: Any) -> _Row:
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        raw = self._conn.execute(
-            f"UPDATE tasks SET {sets}, updated_at = ? WHERE id = ? RETURNING {_COLS}",
-            (*fields.values(), now, task_id),
-        ).fetchone()
-        return _Row._make(raw)
+    def _remember(self, row: _Row) -> None:
+        """``row`` is now the task's stored state: cache it if it is leased or in
+        review, else drop it from the cache."""
+        cache = self._rows_cache
+        if row.status == RUNNING or row.status == REVIEW:
+            if len(cache) >= _ROW_CACHE_SIZE:
+                cache.clear()
+            cache[row.id] = row
+        else:
+            cache.pop(row.id, None)
+
+    def _update(self, row: _Row, now: float, **fields: Any) -> _Row:
+        """Set ``fields`` (and ``updated_at``) on the task of ``row``, which must be
+        its current state; returns the row as it is now stored."""
+        names = tuple(fields)
+        sql = self._update_sql.get(names)
+        if sql is None:
+            sets = "".join(f"{name} = ?, " for name in names)
+            sql = self._update_sql[names] = f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ?"
+        self._conn.execute(sql, (*fields.values(), now, row.id))
+        if "pending_deps" in fields:
+            del fields["pending_deps"]  # not part of the row
+        new = row._replace(updated_at=now, **fields)
+        self._remember(new)
+        return new
 
     def _emit(
         self,
@@ -512,15 +612,26 @@ class Engine:
         extra: Mapping[str, Any] | None = None,
         persist: bool = True,
     ) -> None:
-        payload = {"kind": row.kind, "status": row.status}
+        kind, status = row.kind, row.status
+        payload = {"kind": kind, "status": status}
+        seq = None
         if extra:
             payload.update(extra)
-        seq = None
+            if persist:
+                text = _dump_payload(payload)
+        elif persist:
+            key = (kind, status)
+            text = self._payloads.get(key)  # type: ignore[assignment]
+            if text is None:
+                if len(self._payloads) > 1000:
+                    self._payloads.clear()
+                text = self._payloads[key] = _dump_payload(payload)
         if persist:
-            seq = self._conn.execute(
-                _INSERT_EVENT,
-                (now, type_, row.id, op.actor, op.correlation_id, json.dumps(payload)),
-            ).lastrowid
+            seq = self._seq
+            if seq is None:
+                seq = self._conn.execute(_LAST_SEQ).fetchone()[0]
+            seq = self._seq = seq + 1
+            self._rows.append((seq, now, type_, row.id, op.actor, op.correlation_id, text))
         self._events.append(Event(seq, now, type_, row.id, op.actor, op.correlation_id, payload))
 
     def _leased(self, task_id: int, token: int | None, statuses: tuple[str, ...]) -> _Row:
@@ -536,28 +647,26 @@ class Engine:
         result: str,
         exit_code: int | None = None,
         output: str | bytes | None = None,
+        pgid: bool = False,
     ) -> int | None:
-        found = self._conn.execute(
-            "UPDATE runs SET ended_at = ?, duration = ? - started_at, "
-            "exit_code = coalesce(?, exit_code), output_tail = coalesce(?, output_tail), "
-            "outcome = ? WHERE task_id = ? AND fencing_token = ? AND ended_at IS NULL "
-            "RETURNING pgid",
-            (now, now, exit_code, tail(output), result, row.id, row.fencing_token),
-        ).fetchone()
+        """Close the open run of the current attempt; with ``pgid``, return the
+        process group id it recorded."""
+        args = (now, now, exit_code, None if output is None else tail(output), result,
+                row.id, row.fencing_token)
+        if not pgid:
+            self._conn.execute(_CLOSE_RUN, args)
+            return None
+        found = self._conn.execute(_CLOSE_RUN_PGID, args).fetchone()
         return found[0] if found else None
 
     def _done(
         self, op: Any, now: float, row: _Row, first: str, extra: Mapping[str, Any],
         **fields: Any,
     ) -> _Row:
-        new = self._update(row.id, now, status=DONE, **_NO_LEASE, **fields)
+        new = self._update(row, now, status=DONE, **_NO_LEASE, **fields)
         self._emit(op, now, first, new, extra)
         self._emit(op, now, "task.done", new)
-        self._conn.execute(
-            "UPDATE tasks SET pending_deps = pending_deps - 1 "
-            "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)",
-            (row.id,),
-        )
+        self._conn.execute(_DEPENDENTS_READY, (row.id,))
         return new
 
     def _failed_attempt(
@@ -575,12 +684,12 @@ class Engine:
         if retry and used < row.max_attempts:
             if delay is None:
                 delay = backoff_delay(row.retry_delay, used, self._rng)
-            new = self._update(row.id, now, status=QUEUED, not_before=now + delay, error=error,
+            new = self._update(row, now, status=QUEUED, not_before=now + delay, error=error,
                                **_NO_LEASE)
             self._emit(op, now, "task.retrying", new,
                        {**info, "delay": delay, "not_before": now + delay})
             return new
-        new = self._update(row.id, now, status=FAILED, error=error, **_NO_LEASE)
+        new = self._update(row, now, status=FAILED, error=error, **_NO_LEASE)
         self._emit(op, now, "task.failed", new, info)
         self._cascade(row.id, now, op)
         return new
@@ -590,9 +699,9 @@ class Engine:
         pgid = None
         if row.status in (RUNNING, REVIEW):
             if row.status == RUNNING:
-                pgid = self._close_run(row, now, "cancelled")
+                pgid = self._close_run(row, now, "cancelled", pgid=True)
             fields["fencing_token"] = row.fencing_token + 1
-        new = self._update(row.id, now, **fields)
+        new = self._update(row, now, **fields)
         extra: dict[str, Any] = {"reason": reason, "previous": row.status}
         if cause is not None:
             extra["cause"] = cause
@@ -643,13 +752,15 @@ class Engine:
         status, error = QUEUED, None
         if broken:
             status, error = CANCELLED, f"dependency {broken[0]} {dep_status[broken[0]]}"
-        row = _Row._make(self._conn.execute(
-            "INSERT INTO tasks (kind, title, prompt, status, priority, max_attempts, "
-            "retry_delay, not_before, pending_deps, error, parent_id, metadata, created_at, "
-            f"updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLS}",
-            (kind, title, prompt, status, priority, max_attempts, retry_delay, not_before,
-             pending, error, parent_id, _json(metadata), now, now),
-        ).fetchone())
+        meta = _json(metadata)
+        retry_delay, not_before = float(retry_delay), float(not_before)
+        task_id = self._conn.execute(_INSERT_TASK, (
+            kind, title, prompt, status, priority, max_attempts, retry_delay, not_before,
+            pending, error, parent_id, meta, now, now,
+        )).lastrowid
+        row = _Row(task_id, kind, title, prompt, status, priority, 0, None, None, error,
+                   parent_id, now, now, max_attempts, retry_delay, 0, None, None, not_before,
+                   meta, 0, None, None)
         if deps:
             self._conn.executemany(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
@@ -697,23 +808,40 @@ class Engine:
 
     def _claim(self, op: m.Claim, now: float) -> list[Task]:
         conn = self._conn
-        ids = [r[0] for r in conn.execute(_CLAIM, (op.kind, now, op.n)).fetchall()]
-        claimed = []
+        found = conn.execute(_CLAIM, (op.kind, now, op.n)).fetchall()
+        if not found:
+            return []
+        worker, hive = op.worker, self.hive_id
         expires = now + op.lease_seconds
-        for task_id in ids:
-            row = _Row._make(conn.execute(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
-                "fencing_token = fencing_token + 1, lease_owner = ?, lease_hive = ?, "
-                f"lease_expires_at = ?, updated_at = ? WHERE id = ? RETURNING {_COLS}",
-                (op.worker, self.hive_id, expires, now, task_id),
-            ).fetchone())
-            conn.execute(
-                "INSERT INTO runs (task_id, attempt, fencing_token, worker, hive_id, "
-                "started_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (task_id, row.attempts, row.fencing_token, op.worker, self.hive_id, now),
+        rows = [
+            _Row._make(raw)._replace(
+                status=RUNNING, attempts=raw[6] + 1, fencing_token=raw[15] + 1,
+                lease_owner=worker, lease_hive=hive, lease_expires_at=expires,
+                updated_at=now,
             )
+            for raw in found
+        ]
+        if len(rows) == 1:
+            row = rows[0]
+            conn.execute(_CLAIM_UPDATE, (row.attempts, row.fencing_token, worker, hive,
+                                         expires, now, row.id))
+            conn.execute(_INSERT_RUN, (row.id, row.attempts, row.fencing_token, worker,
+                                       hive, now))
+        else:
+            conn.executemany(_CLAIM_UPDATE, [
+                (r.attempts, r.fencing_token, worker, hive, expires, now, r.id) for r in rows
+            ])
+            conn.executemany(_INSERT_RUN, [
+                (r.id, r.attempts, r.fencing_token, worker, hive, now) for r in rows
+            ])
+        claimed = []
+        cache = self._rows_cache
+        if len(cache) + len(rows) > _ROW_CACHE_SIZE:
+            cache.clear()
+        for row in rows:
+            cache[row.id] = row
             self._emit(op, now, "task.started", row, {
-                "attempt": row.attempts, "token": row.fencing_token, "worker": op.worker,
+                "attempt": row.attempts, "token": row.fencing_token, "worker": worker,
                 "lease_expires_at": expires,
             })
             claimed.append(self._task(row))
@@ -721,7 +849,7 @@ class Engine:
 
     def _claim_review(self, op: m.ClaimReview, now: float) -> list[Task]:
         sql = (
-            "SELECT id FROM tasks WHERE status = 'review' "
+            f"SELECT {_COLS} FROM tasks WHERE status = 'review' "
             "AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
         )
         args: list[Any] = [now]
@@ -731,9 +859,9 @@ class Engine:
         sql += " ORDER BY priority DESC, id LIMIT ?"
         args.append(op.n)
         claimed = []
-        for (task_id,) in self._conn.execute(sql, args).fetchall():
-            row = self._load(task_id)
-            new = self._update(task_id, now, fencing_token=row.fencing_token + 1,
+        for raw in self._conn.execute(sql, args).fetchall():
+            row = _Row._make(raw)
+            new = self._update(row, now, fencing_token=row.fencing_token + 1,
                                lease_owner=op.worker, lease_hive=self.hive_id,
                                lease_expires_at=now + op.lease_seconds)
             claimed.append(self._task(new))
@@ -745,6 +873,7 @@ class Engine:
         self._conn.execute(
             "UPDATE tasks SET lease_expires_at = ? WHERE id = ?", (expires, op.task_id)
         )
+        self._remember(row._replace(lease_expires_at=expires))
         self._emit(op, now, "task.heartbeat", row,
                    {"token": op.token, "lease_expires_at": expires}, persist=False)
         return expires
@@ -763,7 +892,7 @@ class Engine:
         result = _json(op.result)
         info = {"attempt": row.attempts}
         if op.review:
-            new = self._update(row.id, now, status=REVIEW, result=result, error=None,
+            new = self._update(row, now, status=REVIEW, result=result, error=None,
                                **_NO_LEASE)
             self._emit(op, now, "task.succeeded", new, info)
             self._emit(op, now, "task.review", new)
@@ -778,7 +907,7 @@ class Engine:
     def _release(self, op: m.Release, now: float) -> Task:
         row = self._leased(op.task_id, op.token, (RUNNING,))
         self._close_run(row, now, "released")
-        new = self._update(row.id, now, status=QUEUED, not_before=now,
+        new = self._update(row, now, status=QUEUED, not_before=now,
                            attempts_base=row.attempts_base + 1, **_NO_LEASE)
         self._emit(op, now, "task.retrying", new,
                    {"reason": op.reason, "attempt": row.attempts, "delay": 0.0,
@@ -802,13 +931,13 @@ class Engine:
         used = row.attempts - row.attempts_base
         if bounded and used >= row.max_attempts:
             error = f"rejected after {used} attempts: {feedback}"
-            new = self._update(row.id, now, status=FAILED, feedback=feedback, error=error,
+            new = self._update(row, now, status=FAILED, feedback=feedback, error=error,
                                **_NO_LEASE)
             self._emit(op, now, "task.rejected", new, {"feedback": feedback})
             self._emit(op, now, "task.failed", new, {"error": error, "attempt": row.attempts})
             self._cascade(row.id, now, op)
             return new
-        new = self._update(row.id, now, status=QUEUED, feedback=feedback, not_before=now,
+        new = self._update(row, now, status=QUEUED, feedback=feedback, not_before=now,
                            **_NO_LEASE)
         self._emit(op, now, "task.rejected", new, {"feedback": feedback})
         self._emit(op, now, "task.queued", new, {"rework": True})
@@ -820,7 +949,7 @@ class Engine:
 
     def _escalate(self, op: m.Escalate, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "escalate")
-        new = self._update(row.id, now, status=ESCALATED, **_NO_LEASE)
+        new = self._update(row, now, status=ESCALATED, **_NO_LEASE)
         self._emit(op, now, "task.escalated", new, {"reason": op.reason})
         return self._task(new)
 
@@ -852,7 +981,7 @@ class Engine:
                 broken,
             )
         pending = sum(1 for s in found.values() if s != DONE)
-        new = self._update(row.id, now, status=QUEUED, attempts_base=row.attempts,
+        new = self._update(row, now, status=QUEUED, attempts_base=row.attempts,
                            not_before=now, error=None, pending_deps=pending, **_NO_LEASE)
         self._emit(op, now, "task.queued", new, {"retry": True})
         return self._task(new)
@@ -873,7 +1002,7 @@ class Engine:
                     op, now, row, error, True, None, {"expired": True}
                 )))
             else:
-                new = self._update(row.id, now, fencing_token=row.fencing_token + 1,
+                new = self._update(row, now, fencing_token=row.fencing_token + 1,
                                    **_NO_LEASE)
                 changed.append(self._task(new))
         return changed
@@ -914,21 +1043,21 @@ class Engine:
         keyed = {e.key: ids[e.key] for e in entries}
         self._close_run(plan, now, "succeeded")
         result = op.result if op.result is not None else {"tasks": keyed}
-        self._update(plan.id, now, result=_json(result), error=None)
+        plan = self._update(plan, now, result=_json(result), error=None)
         self._emit(op, now, "plan.stored", plan, {"tasks": keyed})
         if op.review:
-            new = self._update(plan.id, now, status=REVIEW, **_NO_LEASE)
+            new = self._update(plan, now, status=REVIEW, **_NO_LEASE)
             self._emit(op, now, "task.succeeded", new, {"attempt": plan.attempts})
             self._emit(op, now, "task.review", new)
         else:
             new = self._done(op, now, plan, "task.succeeded", {"attempt": plan.attempts})
-        tasks = {e.key: self._task(self._load(ids[e.key])) for e in entries}
+        tasks = {e.key: self._task(rows[e.key]) for e in entries}
         return StoredPlan(plan=self._task(new), tasks=tasks)
 
     # ------------------------------------------------------------------- reads
 
     def _get(self, op: m.Get, now: float) -> Task:
-        return self._task(self._load(op.task_id))
+        return self._task(self._load(op.task_id, fresh=True))
 
     def _list(self, op: m.ListTasks, now: float) -> list[Task]:
         sql = f"SELECT {_COLS_DEPS} FROM tasks WHERE id > ?"

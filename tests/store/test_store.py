@@ -511,3 +511,47 @@ def test_an_operation_failing_after_it_wrote_is_undone_alone(db_path):
         engine.close()
     assert read_db(db_path, "SELECT title FROM tasks ORDER BY id") == [("a",), ("c",), ("d",)]
     assert read_db(db_path, "SELECT count(*) FROM events") == [(3,)]
+
+
+def test_engine_sees_writes_of_another_connection(db_path):
+    """The engine keeps rows of leased tasks in memory; a change committed by another
+    connection (the CLI, another hive) must be seen, and event seqs must continue."""
+    now = [10.0]
+    a, _, _ = Engine.open(db_path, clock=lambda: now[0])
+    b, _, _ = Engine.open(db_path, clock=lambda: now[0])
+    try:
+        (sub,), _ = a.execute([messages.Submit("k", "t")])
+        (claimed,), _ = a.execute([messages.Claim("k", 1, "w", 60.0)])
+        task = claimed.unwrap()[0]
+        (cancelled,), events_b = b.execute([messages.Cancel(task.id, "by b")])
+        assert cancelled.unwrap().status == "cancelled"
+        # One operation a batch: a failing one would make the batch run again.
+        for message in (messages.Succeed(task.id, task.fencing_token, "late"),
+                        messages.Heartbeat(task.id, task.fencing_token, 60.0),
+                        messages.Fail(task.id, task.fencing_token, "late")):
+            (result,), events = a.execute([message])
+            assert isinstance(result.error, StaleLease) and events == []
+        _, events_a = a.execute([messages.Submit("k", "u")])
+        (got,), _ = a.execute([messages.Get(task.id)])
+        got = got.unwrap()
+        assert got.status == "cancelled" and got.result is None
+        assert [e.seq for e in events_a] == [events_b[-1].seq + 1]
+        (stored,), _ = b.execute([messages.EventsSince(0)])
+        assert [e.seq for e in stored.unwrap()] == list(range(1, events_a[-1].seq + 1))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_event_seqs_never_reused_after_deletes(db_path):
+    engine, _, _ = Engine.open(db_path, clock=lambda: 5.0)
+    try:
+        engine.execute([messages.Submit("k", "a"), messages.Submit("k", "b")])
+        conn = sqlite3.connect(db_path)
+        conn.execute("DELETE FROM events")
+        conn.commit()
+        conn.close()
+        _, events = engine.execute([messages.Submit("k", "c")])
+        assert [e.seq for e in events] == [3]
+    finally:
+        engine.close()
