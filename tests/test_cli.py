@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -285,14 +284,3 @@ def test_cancel_kills_an_agent_running_in_another_process(tmp_path):
         running.stderr.close()
     assert hive_json("show", str(task["id"]), db=db)["status"] == "cancelled"
 
-
-def test_python_dash_m_and_console_script_agree(tmp_path):
-    db = tmp_path / "hive.db"
-    hive("submit", "--kind", "code", "--title", "t", db=db)
-    script = Path(sys.executable).with_name("hive")
-    if not script.exists():
-        pytest.skip("the hive console script is not installed next to this interpreter")
-    done = subprocess.run([str(script), "--db", str(db), "status", "--json"],
-                          capture_output=True, text=True, timeout=LIMIT,
-                          env={**os.environ, "COLUMNS": "100"})
-    assert done.returncode == 0 and json.loads(done.stdout) == hive_json("status", db=db)
