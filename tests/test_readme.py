@@ -100,6 +100,7 @@ def test_every_readme_command_runs(tmp_path):
     # the tour explores the demo's database: the reworked task is task 5
     assert "Write the public API" in outputs["hive --db demo.db show 5"]
     assert "still has a TODO" in outputs["hive --db demo.db show 5"]
+    assert "counter = 15" in outputs["python counter.py"]
     assert "'done': 1" in outputs["python embed.py"]
     assert '{"echo": "hello"}' in outputs["hive --config hive.toml show 1"]
     assert "2 passed" in outputs["python -m pytest -q -p no:cacheprovider test_mine.py"]
