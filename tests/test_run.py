@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -219,3 +220,30 @@ def test_live_view_on_a_terminal(tmp_path):
     assert "\x1b[" in text  # drawn with terminal control codes
     for part in ("Tasks by status", "Workers", "Recent events", "done/min", "Summary"):
         assert part in text
+
+
+async def test_the_view_shows_escalations_waiting_for_a_person(tmp_path):
+    from rich.console import Console
+
+    from hive_actors import _view
+    from hive_actors.hive import HiveConfig, KindConfig, Verdict, open_hive
+
+    async def work(task):
+        return {"draft": task.prompt}
+
+    async def unsure(task):
+        return Verdict(escalate=True, feedback="a person should look at this")
+
+    config = HiveConfig(kinds={"code": KindConfig(backend=work)}, reviewer=unsure)
+    async with open_hive(tmp_path / "hive.db", config) as hive:
+        task = await hive.submit(kind="code", title="risky [change]", prompt="p")
+        await hive.wait_idle(timeout=30)  # escalated tasks do not hold it
+        snapshot = await _view.Monitor(hive, from_start=True).snapshot()
+    assert [t.id for t in snapshot.escalated] == [task.id]
+    assert f"waiting for a person: {task.id}" in _view.status_line(snapshot)
+    console = Console(record=True, width=140, file=io.StringIO())
+    console.print(_view.render(snapshot, "hive.db"))
+    screen = console.export_text()
+    assert "Escalated: waiting for a person" in screen and "risky [change]" in screen
+    assert "a person should look at this" in screen
+    assert "task.escalated" in screen
