@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 #: At most this many tasks (the latest) are listed in the final summary table.
 SUMMARY_ROWS = 50
+
+_stderr_json = False  # set by configure_logging(): notices as JSON lines too
 
 _HINT = "explore it: hive --db {db} status   (also list, show ID, events)"
 
@@ -87,7 +90,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "WARNING", as_json: bool = False) -> None:
     """Send ``hive_actors`` logs to stderr at ``level``: one JSON object per line
-    with ``as_json``, else ``time level logger: message`` lines."""
+    with ``as_json``, else ``time level logger: message`` lines. Notices follow."""
+    global _stderr_json
+    _stderr_json = as_json
     handler = _StderrHandler()
     if as_json:
         handler.setFormatter(JsonFormatter())
@@ -128,14 +133,22 @@ def error_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def report_error(message: str, as_json: bool = False) -> None:
-    """Write one error line to stderr (a JSON object with ``--log-json``)."""
-    if as_json:
-        line = json.dumps({"level": "ERROR", "logger": "hive_actors", "message": message},
+def notice(message: str, level: str = "WARNING", *, as_json: bool | None = None) -> None:
+    """Tell the person running the hive, on stderr, whatever the log level: a
+    ``hive: message`` line, or a JSON object like the logs' with ``--log-json``
+    (``as_json=None`` follows :func:`configure_logging`)."""
+    if as_json if as_json is not None else _stderr_json:
+        line = json.dumps({"ts": round(time.time(), 6), "level": level,
+                           "logger": "hive_actors.run", "message": message},
                           ensure_ascii=False)
     else:
-        line = f"hive: error: {message}"
+        line = f"hive: {'error: ' if level == 'ERROR' else ''}{message}"
     print(line, file=sys.stderr, flush=True)
+
+
+def report_error(message: str, as_json: bool | None = None) -> None:
+    """Write one error line to stderr (a JSON object with ``--log-json``)."""
+    notice(message, "ERROR", as_json=as_json)
 
 
 def load_config(path: str | os.PathLike[str]) -> HiveConfig:
@@ -205,13 +218,11 @@ async def _watch_signals(stop: _Stop, grace: float, *,
             if not stop.requested.is_set():
                 stop.signum = signum
                 stop.requested.set()
-                log.warning("%s: stopping; running agents get up to %g s, then are "
-                            "re-queued (send it again to force)", name, grace)
-                print(f"hive: {name}: stopping gracefully (again to force)",
-                      file=sys.stderr, flush=True)
+                notice(f"{name}: stopping gracefully: no new work; running agents get up "
+                       f"to {grace:g} s, then are re-queued (again to force)")
             else:
-                print(f"hive: {name} again: forced exit; running tasks are re-queued "
-                      "when a hive next opens the database", file=sys.stderr, flush=True)
+                notice(f"{name} again: forced exit; running tasks are re-queued when a hive "
+                       "next opens the database", "ERROR")
                 sys.stdout.flush()
                 os._exit(128 + signum)
 
@@ -348,16 +359,14 @@ async def run_hive(
                                           for t in failed[:20])
                         if len(failed) > 20:
                             names += f" and {len(failed) - 20} more (hive list --status failed)"
-                        print(f"hive: {len(failed)} task(s) failed: {names}",
-                              file=sys.stderr, flush=True)
+                        notice(f"{len(failed)} task(s) failed: {names}", "ERROR")
                         code = EXIT_FAILED
                 elif until_idle:
                     code = 128 + (stop.signum or signal.SIGINT)
         finally:
             outer.cancel_scope.cancel()
     if stop.requested.is_set():
-        print(f"hive: stopped; unfinished tasks wait in {db} (see: hive --db {db} status)",
-              file=sys.stderr, flush=True)
+        notice(f"stopped; unfinished tasks wait in {db} (see: hive --db {db} status)")
     return code
 
 
@@ -379,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path = Path("hive.toml")
         else:
             report_error("no configuration: pass --config FILE (or run where a hive.toml "
-                         "is), or try --demo", opts.log_json)
+                         "is), or try --demo")
             return EXIT_BAD_INPUT
         config = load_config(config_path)
         db = Path(opts.db) if opts.db else config.db
@@ -388,13 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             live=False if opts.plain else None, demo_dir=demo_dir,
         ))
     except KeyboardInterrupt:
-        print("hive: interrupted", file=sys.stderr, flush=True)
+        notice("interrupted")
         return 128 + signal.SIGINT
     except BaseException as exc:
         found = find_error(exc, (ConfigError, DatabaseError))
         if found is None:
             raise
-        report_error(error_line(found), opts.log_json)
+        report_error(error_line(found))
         return EXIT_BAD_INPUT
 
 

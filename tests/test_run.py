@@ -165,12 +165,14 @@ def test_sigterm_stops_gracefully_and_requeues_running_work(tmp_path):
     config = write_config(tmp_path, {"code": [sys.executable, str(agent)]})
     db = tmp_path / "hive.db"
     task = hive_json("submit", "--kind", "code", "--title", "slow", db=db)
-    proc = start("--config", str(config), "--grace", "0.2", "--plain")
+    proc = start("--config", str(config), "--grace", "0.2", "--plain", "--log-json")
     wait_for(lambda: recorded_pgid(db, task["id"]), "the agent to start")
     proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc)
     assert code == 0, err
-    assert "stopping gracefully" in err and "hive: stopped" in err
+    messages = [json.loads(line)["message"] for line in err.splitlines()]  # all JSON
+    assert any(m.startswith("SIGTERM: stopping gracefully") for m in messages)
+    assert any(m.startswith("stopped; unfinished tasks wait in") for m in messages)
     after = hive_json("show", str(task["id"]), db=db)
     assert after["status"] == "queued"  # never lost: it runs again on the next start
 
