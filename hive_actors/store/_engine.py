@@ -77,7 +77,9 @@ _Row = collections.namedtuple(
     "created_at updated_at max_attempts retry_delay fencing_token lease_owner "
     "lease_expires_at not_before metadata attempts_base lease_hive deps",
 )
-_ROW_FIELDS = frozenset(_Row._fields)
+_ROW_INDEX = {name: i for i, name in enumerate(_Row._fields)}
+_UPDATED_AT = _ROW_INDEX["updated_at"]
+_make_row = _Row._make
 _ACTIVE = (QUEUED, RUNNING, REVIEW, ESCALATED)
 _SELECT_ONE = f"SELECT {_COLS} FROM tasks WHERE id = ?"
 _CLAIM = (
@@ -273,6 +275,7 @@ class Engine:
             m.GetRuns: self._get_runs,
             m.TouchHive: self._touch_hive,
         }
+        self._read_only = frozenset(self._handlers[t] for t in m.READ_ONLY)
 
     # ------------------------------------------------------------------ opening
 
@@ -485,46 +488,51 @@ class Engine:
         conn = self._conn
         handlers = self._handlers
         results: list[outcome.Outcome] = []
-        published: list[Event] = []
-        read_only = m.READ_ONLY
+        append = results.append
+        value_of = outcome.Value
+        read_only = self._read_only
         rows = self._rows
+        published = self._events = []  # _emit appends here
         for op in ops:
             handler = handlers.get(type(op))
             if handler is None:
-                results.append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
+                append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
                 continue
-            if isinstance(op, read_only):
+            if handler in read_only:
                 if rows:
                     self._flush()  # a read sees every event written before it
-                results.append(outcome.capture(handler, op, now))
+                append(outcome.capture(handler, op, now))
                 continue
-            self._events = []
+            if not savepoints:
+                try:
+                    append(value_of(handler(op, now)))
+                except Exception as exc:  # the batch runs again, with savepoints
+                    if not conn.in_transaction:
+                        raise _BatchLost() from exc
+                    return None
+                continue
             mark = len(self._inserted)
-            rows_mark, seq_mark = len(rows), self._seq
-            if savepoints:
-                conn.execute("SAVEPOINT op")
+            rows_mark, seq_mark, events_mark = len(rows), self._seq, len(published)
+            conn.execute("SAVEPOINT op")
             try:
                 value = handler(op, now)
-            except Exception as exc:  # recorded as this op's outcome (or retried)
+            except Exception as exc:  # recorded as this op's outcome
                 if not conn.in_transaction:
                     raise _BatchLost() from exc
-                if not savepoints:
-                    return None
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 del rows[rows_mark:]
+                del published[events_mark:]
                 self._seq = seq_mark
                 self._forget_inserted(mark)
                 if isinstance(exc, sqlite3.Error):
                     err = classify(self.path, exc)
                     err.__cause__ = exc
                     exc = err
-                results.append(outcome.Error(exc))
+                append(outcome.Error(exc))
             else:
-                if savepoints:
-                    conn.execute("RELEASE op")
-                results.append(outcome.Value(value))
-                published.extend(self._events)
+                conn.execute("RELEASE op")
+                append(value_of(value))
         if rows:
             self._flush()
         return results, published
@@ -541,7 +549,8 @@ class Engine:
         if row.deps is not None:
             deps = tuple(sorted(int(d) for d in row.deps.split(","))) if row.deps else ()
             return _task(row, deps)
-        return _task(row, self._deps(row.id))
+        deps = self._deps_cache.get(row.id)
+        return _task(row, self._deps(row.id) if deps is None else deps)
 
     def _deps(self, task_id: int) -> tuple[int, ...]:
         deps = self._deps_cache.get(task_id)
@@ -597,9 +606,14 @@ class Engine:
             sets = "".join(f"{name} = ?, " for name in names)
             sql = self._update_sql[names] = f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ?"
         self._conn.execute(sql, (*fields.values(), now, row.id))
-        if "pending_deps" in fields:
-            del fields["pending_deps"]  # not part of the row
-        new = row._replace(updated_at=now, **fields)
+        values = list(row)
+        index = _ROW_INDEX
+        for name, value in fields.items():
+            i = index.get(name)  # pending_deps is not part of the row
+            if i is not None:
+                values[i] = value
+        values[_UPDATED_AT] = now
+        new = _make_row(values)
         self._remember(new)
         return new
 
@@ -813,11 +827,12 @@ class Engine:
             return []
         worker, hive = op.worker, self.hive_id
         expires = now + op.lease_seconds
+        # The rows as the UPDATE below leaves them (see _COLS for the positions).
         rows = [
-            _Row._make(raw)._replace(
-                status=RUNNING, attempts=raw[6] + 1, fencing_token=raw[15] + 1,
-                lease_owner=worker, lease_hive=hive, lease_expires_at=expires,
-                updated_at=now,
+            _make_row(
+                raw[:4] + (RUNNING, raw[5], raw[6] + 1) + raw[7:12]
+                + (now, raw[13], raw[14], raw[15] + 1, worker, expires) + raw[18:21]
+                + (hive, None)
             )
             for raw in found
         ]
