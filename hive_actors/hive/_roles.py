@@ -132,7 +132,11 @@ class _Slot(Actor):
         return await backend(task)
 
     async def run_command(self, argv: Any, task: Task, *, timeout: float | None, stdin: str,  # noqa: ASYNC109
-                          log_name: str, phases: Any = None) -> Any:
+                          log_name: str, phases: Any = None, record: bool = True) -> Any:
+        """Run a command agent for ``task`` in its workspace; with ``record``, its
+        process group is written on the attempt's run row (so it can be killed from
+        another process, or after a crash)."""
+
         async def record_pgid(pgid: int) -> None:
             try:
                 await self.rt.store.record_run(task.id, task.fencing_token, pgid=pgid)
@@ -141,7 +145,7 @@ class _Slot(Actor):
 
         workspace = self.workspace(task)
         kw = dict(workspace=workspace, attempt=task.attempts, timeout=timeout, stdin=stdin,
-                  log_path=workspace / log_name, on_spawn=record_pgid)
+                  log_path=workspace / log_name, on_spawn=record_pgid if record else None)
         if phases:
             steps = [(phase.name, phase.command) for phase in phases]
             return await self.rt.launcher.run_phases(steps, task, **kw)
@@ -158,7 +162,10 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _command_failure(result: Any) -> str:
-    return result.error or f"exit code {result.exit_code}"
+    """Why a command attempt failed: the runner's reason and the agent's last words."""
+    reason = result.error or f"exit code {result.exit_code}"
+    lines = [line for line in result.output_tail.splitlines() if line.strip()]
+    return f"{reason}: {lines[-1].strip()[:300]}" if lines and not result.timed_out else reason
 
 
 class Worker(_Slot):
@@ -235,7 +242,7 @@ class Reviewer(_Slot):
         reviewer = self.rt.config.reviewer
         outcome = await self.run_command(
             reviewer.command, task, timeout=reviewer.timeout, stdin=reviewer.stdin,
-            log_name=f"review-{task.attempts}.log",
+            log_name=f"review-{task.attempts}.log", record=False,  # reviews have no run row
         )
         if outcome.timed_out:
             raise TimeoutError("the reviewer command timed out")
