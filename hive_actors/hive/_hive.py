@@ -53,11 +53,6 @@ class _Runtime:
         else:
             await trio.lowlevel.checkpoint()
 
-    def needs_review(self, kind: str) -> bool:
-        config = self.config.kinds.get(kind)
-        review = None if config is None else config.review
-        return self.config.reviewer is not None if review is None else bool(review)
-
 
 class _Changes(Actor):
     """Wakes the Hive's waiters when the store publishes an event."""

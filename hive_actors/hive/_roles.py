@@ -174,7 +174,7 @@ class Worker(_Slot):
     async def run(self, task: Task) -> None:
         rt = self.rt
         kind = rt.config.kinds[task.kind]
-        review = rt.needs_review(task.kind)
+        review = rt.config.needs_review(task.kind)
         if kind.backend is not None:
             result, error = None, None
             with _timeout_scope(kind.timeout) as timer:
