@@ -16,6 +16,7 @@ import trio
 
 from hive_actors.actors import open_actor_system
 from hive_actors.store import open_store
+from tests.agents import group_alive
 
 OK_AGENT = 'import json; print(json.dumps({"ok": True}))'
 FAIL_AGENT = 'import sys; print("boom: nothing works", file=sys.stderr); sys.exit(3)'
@@ -83,18 +84,6 @@ def recorded_pgid(db: Path, task_id: int) -> int | None:
     return row[0] if row else None
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group still exists (zombies excluded)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 def escalate_one(db: Path, kind: str) -> int:

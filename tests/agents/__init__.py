@@ -41,3 +41,21 @@ def agent(script: str, *args: str) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"no fake agent {script!r} in {AGENTS_DIR}")
     return [sys.executable, str(path), *args]
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process of group ``pgid`` exists.
+
+    Reads /proc rather than signalling the group: PID 1 in these containers does not
+    reap orphans, so a killed grandchild may linger as a zombie.
+    """
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 
 from hive_actors.hive import HiveConfig, KindConfig, RoleConfig, open_hive
-from tests.agents import agent
+from tests.agents import agent, group_alive
 
 HOSTILE = "it's \"quoted\" $(touch pwned) `touch pwned2`; rm -rf / && echo hi\nline two\t\u00e9\U0001f41d"
 
@@ -55,7 +55,7 @@ async def test_timeout_kills_the_agent_and_its_group(tmp_path):
     assert done.status == "failed" and "timed out" in done.error
     pgid = runs[-1].pgid
     assert pgid is not None
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
 
 
 async def test_cancelling_a_running_command_kills_it_within_a_second(tmp_path):
@@ -68,7 +68,7 @@ async def test_cancelling_a_running_command_kills_it_within_a_second(tmp_path):
         pgid = runs[-1].pgid
         with trio.fail_after(1):
             await hive.cancel(t.id)
-            while _group_alive(pgid):
+            while group_alive(pgid):
                 await trio.sleep(0.02)
         assert (await hive.get(t.id)).status == "cancelled"
 
@@ -135,15 +135,3 @@ def literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-def _group_alive(pgid: int) -> bool:
-    """True if a non-zombie process of group ``pgid`` exists (PID 1 may not reap)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
