@@ -135,3 +135,17 @@ def literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+
+
+async def test_phases_run_in_order_and_the_failing_phase_is_named(tmp_path):
+    phases = [
+        ("apply", agent("write_files.py", "out.txt=applied")),
+        ("test", agent("succeed.py", "--exit-code", "4")),
+    ]
+    kinds = {"staged": KindConfig(phases=phases, max_attempts=1)}
+    async with open_hive(tmp_path / "hive.db", config(tmp_path, **kinds)) as hive:
+        t = await hive.submit(kind="staged", title="two phases")
+        done = await hive.wait(t.id, timeout=30)
+    assert done.status == "failed"
+    assert "phase 'test'" in done.error
+    assert (tmp_path / "ws" / str(t.id) / "out.txt").read_text() == "applied"
