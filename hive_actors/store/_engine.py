@@ -177,11 +177,19 @@ def _task(row: _Row, deps: tuple[int, ...]) -> Task:
      lease_owner, lease_expires_at, not_before, metadata, _, _, _) = row
     return Task(
         id_, kind, title, prompt, status, priority, attempts,
-        None if result is None else json.loads(result),
+        None if result is None else _loads(result),
         feedback, error, deps, parent_id, created_at, updated_at, max_attempts,
         float(retry_delay), fencing_token, lease_owner, lease_expires_at,
         float(not_before), None if metadata is None else json.loads(metadata),
     )
+
+
+def _loads(text: str) -> Any:
+    return _SCALARS[text] if text in _SCALARS else json.loads(text)
+
+
+# JSON texts decoded without the parser (immutable values only: they are shared).
+_SCALARS: dict[str, Any] = {"null": None, "true": True, "false": False}
 
 
 def _proc_start(pid: int) -> str | None:
@@ -600,22 +608,29 @@ class Engine:
     def _update(self, row: _Row, now: float, **fields: Any) -> _Row:
         """Set ``fields`` (and ``updated_at``) on the task of ``row``, which must be
         its current state; returns the row as it is now stored."""
-        names = tuple(fields)
-        sql = self._update_sql.get(names)
-        if sql is None:
+        return self._set(row, now, tuple(fields), tuple(fields.values()))
+
+    def _set(
+        self, row: _Row, now: float, names: tuple[str, ...], values: tuple[Any, ...]
+    ) -> _Row:
+        """:meth:`_update` with the column names and their values apart."""
+        entry = self._update_sql.get(names)
+        if entry is None:
             sets = "".join(f"{name} = ?, " for name in names)
-            sql = self._update_sql[names] = f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ?"
-        self._conn.execute(sql, (*fields.values(), now, row.id))
-        values = list(row)
-        index = _ROW_INDEX
-        for name, value in fields.items():
-            i = index.get(name)  # pending_deps is not part of the row
-            if i is not None:
-                values[i] = value
-        values[_UPDATED_AT] = now
-        new = _make_row(values)
-        self._remember(new)
-        return new
+            entry = self._update_sql[names] = (
+                f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ?",
+                # Where each value goes in the row (pending_deps is not in it).
+                tuple((_ROW_INDEX[n], i) for i, n in enumerate(names) if n in _ROW_INDEX),
+            )
+        sql, positions = entry
+        self._conn.execute(sql, (*values, now, row.id))
+        new = list(row)
+        for at, i in positions:
+            new[at] = values[i]
+        new[_UPDATED_AT] = now
+        stored = _make_row(new)
+        self._remember(stored)
+        return stored
 
     def _emit(
         self,
@@ -675,9 +690,9 @@ class Engine:
 
     def _done(
         self, op: Any, now: float, row: _Row, first: str, extra: Mapping[str, Any],
-        **fields: Any,
+        names: tuple[str, ...] = (), values: tuple[Any, ...] = (),
     ) -> _Row:
-        new = self._update(row, now, status=DONE, **_NO_LEASE, **fields)
+        new = self._set(row, now, _DONE_NAMES + names, _DONE_VALUES + values)
         self._emit(op, now, first, new, extra)
         self._emit(op, now, "task.done", new)
         self._conn.execute(_DEPENDENTS_READY, (row.id,))
@@ -912,7 +927,8 @@ class Engine:
             self._emit(op, now, "task.succeeded", new, info)
             self._emit(op, now, "task.review", new)
             return self._task(new)
-        return self._task(self._done(op, now, row, "task.succeeded", info, result=result, error=None))
+        return self._task(self._done(op, now, row, "task.succeeded", info,
+                                     ("result", "error"), (result, None)))
 
     def _fail(self, op: m.Fail, now: float) -> Task:
         row = self._leased(op.task_id, op.token, (RUNNING,))
@@ -1135,6 +1151,8 @@ class Engine:
 
 
 _NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_hive": None, "lease_expires_at": None}
+_DONE_NAMES = ("status", *_NO_LEASE)
+_DONE_VALUES = (DONE, *_NO_LEASE.values())
 
 
 def _planned(index: int, entry: Any) -> PlannedTask:
