@@ -26,6 +26,7 @@ from . import messages as m
 from ._errors import (
     DatabaseCorrupt,
     DatabaseError,
+    DatabaseLocked,
     DependencyError,
     IllegalTransition,
     InvalidPlan,
@@ -253,6 +254,11 @@ class Engine:
         # since (``PRAGMA data_version`` moved).
         self._rows_cache: dict[int, _Row] = {}
         self._data_version: int | None = None
+        self._busy_ms = 5000
+        self._no_wait = False
+        self._checkpointer: sqlite3.Connection | None = None
+        #: True when a COMMIT waits for the disk (fsync): synchronous FULL or EXTRA.
+        self.commit_syncs = False
         self._payloads: dict[tuple[str, str], str] = {}
         #: Transactions run by :meth:`execute`, and operations in them (observability).
         self.batches = 0
@@ -336,6 +342,8 @@ class Engine:
                     version = inspect(conn, path)  # may have changed while we waited
                     migrate(conn, version)
                     engine = cls(conn, path, uuid.uuid4().hex, clock, rng or random.Random())
+                    engine._busy_ms = int(busy_timeout * 1000)
+                    engine.commit_syncs = synchronous.upper() in ("FULL", "EXTRA")
                     report = engine._register_and_recover(hive_stale_after)
                     engine._flush()
                     events = engine._events
@@ -355,6 +363,8 @@ class Engine:
     def close(self) -> None:
         """Mark this hive process stopped and close the connection."""
         try:
+            if self._no_wait:
+                self._conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             self._conn.execute(
                 "UPDATE hives SET stopped_at = ? WHERE id = ?", (self._clock(), self.hive_id)
             )
@@ -363,6 +373,8 @@ class Engine:
             # recovers its leases the same way. Closing must still happen.
             pass
         finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self._conn.close()
 
     def _register_and_recover(self, stale_after: float) -> RecoveryReport:
@@ -440,43 +452,102 @@ class Engine:
         SQLite fails the transaction as a whole, every op gets a ``DatabaseError``
         and nothing is committed or published.
 
+        The same as :meth:`begin` (waiting for the write lock), :meth:`run_begun`
+        and :meth:`commit`, which the DB actor calls apart to run the waits and the
+        I/O on its SQLite thread and the rest on the trio thread.
+        """
+        try:
+            self.begin(wait=True)
+        except sqlite3.Error as exc:
+            return self.failed(ops, exc)
+        results, events = self.run_begun(ops)
+        if not self.in_transaction:
+            return results, events  # the transaction failed as a whole
+        return self.commit(ops, results, events)
+
+    def begin(self, wait: bool) -> bool:
+        """BEGIN IMMEDIATE. Without ``wait`` on an engine set to :meth:`no_wait`,
+        returns False at once (nothing begun) when another connection holds the
+        write lock; with it, waits up to ``busy_timeout`` (raising if still locked)."""
+        if wait and self._no_wait:
+            conn = self._conn
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
+            return True
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if wait or not isinstance(classify(self.path, exc), DatabaseLocked):
+                raise
+            return False
+        return True
+
+    #: What :meth:`begin` raises when SQLite fails.
+    Error = sqlite3.Error
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open (between :meth:`begin` and its end)."""
+        return self._conn.in_transaction
+
+    def no_wait(self) -> None:
+        """Make :meth:`begin` without ``wait`` fail at once instead of waiting for a
+        lock held by another connection, and COMMIT never run a checkpoint (its disk
+        I/O): the caller then waits elsewhere and calls :meth:`checkpoint` from
+        another thread."""
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._no_wait = True
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file, with a connection of its
+        own (PASSIVE: never waits for nor blocks the engine's connection), so it may
+        run on another thread while the engine works. Errors are left to the next
+        call (the WAL just grows meanwhile)."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+
+    def run_begun(self, ops: Sequence[Any]) -> tuple[list[outcome.Outcome], list[Event]]:
+        """Run ``ops`` in the transaction :meth:`begin` opened, without committing.
+
         The batch first runs without savepoints. If an operation that writes raises,
-        the whole transaction is rolled back and the batch runs again with a
-        savepoint around each operation, so the failing one is undone alone. (Most
-        batches fail nothing, and a savepoint costs two statements per operation.)
+        its changes are rolled back and the batch runs again with a savepoint around
+        each operation, so the failing one is undone alone. (Most batches fail
+        nothing, and a savepoint costs two statements per operation.) If SQLite
+        fails the transaction as a whole, it is rolled back and every op gets a
+        ``DatabaseError``.
         """
         conn = self._conn
         now = float(self._clock())
         self.batches += 1
         self.operations += len(ops)
         try:
-            conn.execute("BEGIN IMMEDIATE")
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:
                 self._rows_cache.clear()  # another connection wrote
                 self._data_version = version
+            conn.execute("SAVEPOINT batch")
             done = self._run(ops, now, savepoints=False)
             if done is None:
-                conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK TO batch")  # keeps the write lock
                 self._forget_inserted()
                 self._rows.clear()
                 self._seq = None
-                conn.execute("BEGIN IMMEDIATE")
                 done = self._run(ops, now, savepoints=True)
                 assert done is not None
-            conn.execute("COMMIT")
-            self._inserted.clear()
+            return done
         except (sqlite3.Error, _BatchLost) as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._forget_inserted()
-            cause = exc.__cause__ if isinstance(exc, _BatchLost) else exc
-            if isinstance(cause, sqlite3.Error):
-                err: Exception = classify(self.path, cause)
-            else:
-                err = DatabaseError(self.path, f"the transaction was lost ({cause!r})")
-            err.__cause__ = cause
-            return [outcome.Error(err) for _ in ops], []
+            return self.failed(ops, exc)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -486,7 +557,39 @@ class Engine:
             self._events = []
             self._rows.clear()
             self._seq = None
-        return done
+
+    def commit(
+        self, ops: Sequence[Any], results: list[outcome.Outcome], events: list[Event]
+    ) -> tuple[list[outcome.Outcome], list[Event]]:
+        """COMMIT the transaction of :meth:`run_begun`; returns its results and
+        events, or errors for every op and no events if the COMMIT failed."""
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            return self.failed(ops, exc)
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self._forget_inserted()
+            raise
+        self._inserted.clear()
+        return results, events
+
+    def failed(
+        self, ops: Sequence[Any], exc: BaseException
+    ) -> tuple[list[outcome.Outcome], list[Event]]:
+        """Roll back after SQLite failed the transaction as a whole: an error for
+        every op, no events."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self._forget_inserted()
+        cause = exc.__cause__ if isinstance(exc, _BatchLost) else exc
+        if isinstance(cause, sqlite3.Error):
+            err: Exception = classify(self.path, cause)
+        else:
+            err = DatabaseError(self.path, f"the transaction was lost ({cause!r})")
+        err.__cause__ = cause
+        return [outcome.Error(err) for _ in ops], []
 
     def _run(
         self, ops: Sequence[Any], now: float, savepoints: bool

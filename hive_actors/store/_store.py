@@ -288,8 +288,11 @@ async def open_store(
     ``synchronous="NORMAL"`` (default): an acknowledged write survives a crash of the
     process; only an OS crash or power cut can lose the last transactions. ``"FULL"``
     survives those too, at a cost per commit. ``clock`` gives the time used for
-    leases, backoff and timestamps (seconds). ``inline=True`` runs transactions on
-    the trio thread instead of the store's own thread. ``hive_heartbeat`` is how
+    leases, backoff and timestamps (seconds). By default the store has its own
+    thread for what can block (COMMIT and its I/O, waiting for a write lock another
+    process holds) while the operations run on the trio thread; ``inline=True`` runs
+    everything on the trio thread (lowest latency, but a COMMIT's I/O or a locked
+    database blocks the trio loop meanwhile). ``hive_heartbeat`` is how
     often this process's liveness row is refreshed (seen by hives on other hosts).
     """
     runner = None if inline else SqliteThread()
@@ -303,6 +306,11 @@ async def open_store(
             engine, report, events = do_open()
         else:
             engine, report, events = await runner.run(do_open)
+            try:
+                await runner.run(engine.no_wait)
+            except BaseException:
+                await runner.run(engine.close)
+                raise
         try:
             ref = await system.spawn(
                 StoreActor, engine, runner, name=name, mailbox_size=mailbox_size
@@ -313,6 +321,8 @@ async def open_store(
             async with trio.open_nursery() as nursery:
                 if hive_heartbeat is not None:
                     nursery.start_soon(_touch_hive, ref, hive_heartbeat)
+                if runner is not None and path != ":memory:":
+                    nursery.start_soon(_checkpoints, runner, engine, CHECKPOINT_INTERVAL)
                 try:
                     yield store
                 finally:
@@ -328,6 +338,21 @@ async def open_store(
     finally:
         if runner is not None:
             runner.close()
+
+
+#: How often (seconds) the store's thread copies the WAL into the database file.
+CHECKPOINT_INTERVAL = 0.5
+
+
+async def _checkpoints(runner: SqliteThread, engine: Engine, interval: float) -> None:
+    """WAL checkpoints on the store's thread (the trio thread never waits for their
+    fsync), after any interval in which something was committed."""
+    seen = engine.batches
+    while True:
+        await trio.sleep(interval)
+        if engine.batches != seen:
+            seen = engine.batches
+            await runner.run(engine.checkpoint)
 
 
 async def _touch_hive(ref: ActorRef, interval: float) -> None:

@@ -1,6 +1,7 @@
 """The store through its facade and DB actor, as the Hive layer uses it."""
 
 import os
+import pathlib
 import random
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import hive_actors
 from hive_actors.store import (
     MAX_BACKOFF,
     OUTPUT_TAIL_BYTES,
+    DatabaseLocked,
     DependencyError,
     Event,
     IllegalTransition,
@@ -555,3 +557,58 @@ def test_event_seqs_never_reused_after_deletes(db_path):
         assert [e.seq for e in events] == [3]
     finally:
         engine.close()
+
+
+async def test_waits_for_a_write_lock_held_by_another_connection(system, db_path, clock):
+    """With its thread, the store waits for another process's write lock there: the
+    trio loop keeps running meanwhile (inline, it would be blocked). Past busy_timeout
+    the batch fails as locked, changing nothing, and the store works again once the
+    lock is gone."""
+    async with open_store(system, db_path, clock=clock, busy_timeout=0.5,
+                          hive_heartbeat=None) as store:
+        await store.submit("k", "before")
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await trio.sleep(0.01)
+                    ticks += 1
+
+            async def release():
+                await trio.sleep(0.2)
+                other.execute("COMMIT")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                nursery.start_soon(release)
+                task = await store.submit("k", "waited")
+                nursery.cancel_scope.cancel()
+            assert task.id == 2
+            assert ticks >= 5  # the loop ran while the store waited
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(DatabaseLocked):
+                await store.submit("k", "too late")
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert (await store.submit("k", "after")).id == 3
+        assert [t.title for t in await store.list()] == ["before", "waited", "after"]
+
+
+async def test_wal_is_checkpointed_by_the_store_thread(system, db_path, clock, tmp_path, monkeypatch):
+    """COMMIT on the trio thread never checkpoints; the store's thread copies the WAL
+    into the database file in the background."""
+    from hive_actors.store import _store
+
+    monkeypatch.setattr(_store, "CHECKPOINT_INTERVAL", 0.05)
+    async with open_store(system, db_path, clock=clock, hive_heartbeat=None) as store:
+        for i in range(50):
+            await store.submit("k", f"t{i}")
+        await trio.sleep(0.3)
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(pathlib.Path(db_path).read_bytes())  # the file alone, no WAL
+        assert read_db(str(copy), "SELECT count(*) FROM tasks") == [(50,)]
