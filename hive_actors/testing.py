@@ -1045,15 +1045,23 @@ if pytest is not None:
         return make
 
     @pytest.fixture
-    def autojump_hive(tmp_path: Path, autojump_clock: Any) -> Callable[..., Any]:
-        """Like ``hive_factory``, under trio's autojump clock (``autojump_clock``
-        fixture of pytest-trio): sleeps, timeouts, leases and backoff take no real
-        time. For Python backends only -- a subprocess agent's real time would not
-        line up with the virtual clock."""
+    def autojump_hive(tmp_path: Path) -> Callable[..., Any]:
+        """Like ``hive_factory``, for tests under trio's autojump clock: sleeps,
+        timeouts, leases and backoff take no real time. The test must also take
+        pytest-trio's ``autojump_clock`` fixture as an argument (pytest-trio only
+        picks a clock from the test's own arguments); opening a hive without it
+        raises ``RuntimeError``. For Python backends only -- a subprocess agent's
+        real time would not line up with the virtual clock."""
 
         counter = iter(range(1_000_000))
 
         def make(config: HiveConfig, *, db: str | None = None, **options: Any) -> Any:
+            from trio.testing import MockClock
+
+            clock = trio.lowlevel.current_clock()
+            if not (isinstance(clock, MockClock) and clock.autojump_threshold == 0):
+                raise RuntimeError("autojump_hive needs the test to take the "
+                                   "autojump_clock fixture as an argument too")
             path = tmp_path / (db or f"hive-{next(counter)}.db")
             return open_test_hive(config, path, autojump=True, **options)
 

@@ -32,6 +32,9 @@ class _Runtime:
         self.workspaces = workspaces
         self.lease_seconds = config.lease_seconds
         self.attempts: dict[int, Any] = {}  # task id -> slot actor running it
+        # slot ref -> the task the Queen handed it, until the slot is done with it;
+        # shared so that it survives a restart of the Queen
+        self.assigned: dict[ActorRef, Any] = {}
         self._drained = trio.Event()
         self.queen: ActorRef | None = None
         self.pools: dict[str, list[ActorRef]] = {}

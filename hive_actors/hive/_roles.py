@@ -46,8 +46,12 @@ class _Slot(Actor):
         self.release_reason: str | None = None  # set when the attempt is cancelled
 
     async def started(self) -> None:
-        # After a restart (a crash), offer ourselves again; at first start the Queen
-        # already counts every slot as free.
+        # After a restart (a crash), give back a task handed to us that we never
+        # reported (we crashed before starting it), then offer ourselves again; at
+        # first start the Queen already counts every slot as free.
+        task = self.rt.assigned.pop(self.ref, None)
+        if task is not None:
+            await self._report(self._release, task, "worker crashed before the attempt")
         if self.rt.queen is not None:
             await self.rt.queen.tell(SlotFree(self.pool, self.ref, restarted=True))
 
@@ -63,6 +67,9 @@ class _Slot(Actor):
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._report(self._release, task, "worker stopped mid-attempt")
             raise
+        # Free in the shared books first: a SlotFree lost with a crashing Queen
+        # must not keep this slot busy for ever.
+        self.rt.assigned.pop(self.ref, None)
         if self.rt.queen is not None:
             await self.rt.queen.tell(SlotFree(self.pool, self.ref))
 
@@ -347,15 +354,17 @@ class Queen(Actor):
 
     Reacts to store events (coalesced) and to a periodic tick, on which it also sweeps
     expired leases.  It never waits on a slot: it only assigns to slots it knows are
-    free.
+    free.  Which slot holds which task lives in the runtime (``rt.assigned``), not in
+    the Queen, so a restarted Queen does not hand work to busy slots.
     """
 
     def __init__(self, runtime: _Runtime, pools: Mapping[str, list[ActorRef]]) -> None:
         self.rt = runtime
-        self.free = {pool: deque(slots) for pool, slots in pools.items()}
-        self.free_set = {pool: set(slots) for pool, slots in pools.items()}
+        busy = runtime.assigned
+        self.free = {pool: deque(s for s in slots if s not in busy) for pool, slots in pools.items()}
+        self.free_set = {pool: set(free) for pool, free in self.free.items()}
         self.pump_pending = False
-        self.assigned: dict[ActorRef, Task] = {}  # slot -> the task it was last given
+        self.assigned = busy  # slot -> the task it was given and has not finished
 
     async def started(self) -> None:
         for topic in QUEEN_TOPICS:

@@ -1,0 +1,51 @@
+"""Cases the whole-hive properties found, kept as plain tests (each also an
+``@example`` of the property that found it)."""
+
+from __future__ import annotations
+
+import trio
+
+from hive_actors.hive import HiveConfig, KindConfig
+from hive_actors.hive._model import SlotFree
+from hive_actors.testing import (
+    Script,
+    ScriptedBackend,
+    check_invariants,
+    crash_actor,
+)
+
+
+def one_slot_config(backend):
+    return HiveConfig(kinds={"k": KindConfig(backend=backend, concurrency=1, max_attempts=1,
+                                             review=False, retry_delay=0.0)},
+                      lease_seconds=30)
+
+
+async def test_restarted_queen_does_not_hand_work_to_a_busy_slot(autojump_hive, autojump_clock):
+    # Found by test_invariants_hold_under_any_faults: the Queen kept its free-slot
+    # books in itself, so after a crash it took every slot for free and queued a
+    # second task behind a long one in the busy slot's mailbox, where its lease ran
+    # out unheartbeated (a lost attempt) and the agent then ran for a failed task.
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        slow = await hive.submit(kind="k", title="slow", prompt=Script(sleep=45.0).prompt())
+        while not hive.running():
+            await trio.sleep(0.1)
+        crash = crash_actor(hive, "queen", message_type="Tick")
+        quick = await hive.submit(kind="k", title="quick")
+        await hive.wait_idle(timeout=1000)
+        assert crash.hits == 1
+        assert (await hive.get(slow.id)).status == "done"
+        assert (await hive.get(quick.id)).status == "done"
+        await check_invariants(hive, backends=[backend])
+
+
+async def test_a_slot_free_lost_with_a_crashing_queen_does_not_shrink_the_pool(autojump_hive, autojump_clock):
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        crash = crash_actor(hive, "queen", message_type=SlotFree)
+        tasks = [await hive.submit(kind="k", title=f"t{i}") for i in range(3)]
+        await hive.wait_idle(timeout=1000)
+        assert crash.hits == 1
+        assert [(await hive.get(t.id)).status for t in tasks] == ["done"] * 3
+        await check_invariants(hive, backends=[backend])
