@@ -6,12 +6,14 @@ Every case runs the same workload on a fresh WAL database with synchronous=NORMA
 ``--callers`` concurrent callers each loop submit -> claim(1) -> succeed until
 ``--tasks`` tasks are done; each loop is 3 durable transitions (5 event rows).
 
-* ``store (thread)``: the DB actor through the ``Store`` facade, one thread hop per
-  group commit (the default). ``store (inline)``: the same, transactions run on the
-  trio thread.
-* ``raw sqlite3``: the same SQL statements with no actor, no savepoints and no value
-  objects, in transactions of ``--callers`` operations (the batch size the actor sees
-  when every caller has one request outstanding): the physical limit of the stack.
+* ``store (thread)``: the DB actor through the ``Store`` facade with its SQLite
+  thread (the default: lock waits and checkpoints there, operations on the trio
+  thread). ``store (inline)``: the same with no thread at all.
+* ``raw sqlite3``: the same SQL statements the store runs (event rows in one
+  executemany per transaction, no read before succeed), with no actor, no
+  savepoints, no token checks and no value objects, in transactions of ``--callers``
+  operations (the batch size the actor sees when every caller has one request
+  outstanding): the physical limit of the stack.
 * ``seed design``: asyncio + aiosqlite, a pool of up to 20 connections (5 opened at
   start) in an ``asyncio.Queue``, callers under a semaphore, a commit per operation.
 
@@ -38,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hive_actors  # noqa: E402
 from hive_actors.store import open_store  # noqa: E402
+from hive_actors.store._engine import _COLS  # noqa: E402
 from hive_actors.store._schema import MIGRATIONS, _split  # noqa: E402
 
 LEASE = 600.0
@@ -99,10 +102,19 @@ _INSERT_EVENT = (
     "VALUES (?, ?, ?, NULL, NULL, ?)"
 )
 _CLAIM = (
-    "SELECT id FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
+    f"SELECT {_COLS} FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
     "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?"
 )
 _CLAIM_UPDATE = (
+    "UPDATE tasks SET status = 'running', attempts = ?, fencing_token = ?, lease_owner = ?, "
+    "lease_hive = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
+)
+# The seed design's claim (its own statements, as it had them).
+_SEED_CLAIM = (
+    "SELECT id FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
+    "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?"
+)
+_SEED_CLAIM_UPDATE = (
     "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
     "fencing_token = fencing_token + 1, lease_owner = ?, lease_hive = ?, "
     "lease_expires_at = ?, updated_at = ? WHERE id = ? RETURNING attempts, fencing_token"
@@ -125,29 +137,27 @@ def open_raw(path: str) -> sqlite3.Connection:
     return conn
 
 
-def raw_submit(conn: sqlite3.Connection, now: float) -> int:
+def raw_submit(conn: sqlite3.Connection, now: float, events: list) -> int:
     task_id = conn.execute(_INSERT_TASK, ("k", "t", "p", now, now, now)).lastrowid
-    conn.execute(_INSERT_EVENT, (now, "task.queued", task_id, json.dumps(
-        {"kind": "k", "status": "queued"})))
+    events.append((now, "task.queued", task_id, json.dumps({"kind": "k", "status": "queued"})))
     return task_id
 
 
-def raw_claim(conn: sqlite3.Connection, now: float, worker: str) -> tuple[int, int] | None:
+def raw_claim(conn: sqlite3.Connection, now: float, worker: str,
+              events: list) -> tuple[int, int] | None:
     row = conn.execute(_CLAIM, ("k", now, 1)).fetchone()
     if row is None:
         return None
-    attempts, token = conn.execute(_CLAIM_UPDATE, (worker, "h", now + LEASE, now, row[0])).fetchone()
-    conn.execute(_INSERT_RUN, (row[0], attempts, token, worker, "h", now))
-    conn.execute(_INSERT_EVENT, (now, "task.started", row[0], json.dumps(
+    task_id, attempts, token = row[0], row[6] + 1, row[15] + 1
+    conn.execute(_CLAIM_UPDATE, (attempts, token, worker, "h", now + LEASE, now, task_id))
+    conn.execute(_INSERT_RUN, (task_id, attempts, token, worker, "h", now))
+    events.append((now, "task.started", task_id, json.dumps(
         {"kind": "k", "status": "running", "attempt": attempts, "token": token})))
-    return row[0], token
+    return task_id, token
 
 
-def raw_succeed(conn: sqlite3.Connection, now: float, task_id: int, token: int) -> None:
-    status, current = conn.execute(
-        "SELECT status, fencing_token FROM tasks WHERE id = ?", (task_id,)
-    ).fetchone()
-    assert status == "running" and current == token
+def raw_succeed(conn: sqlite3.Connection, now: float, task_id: int, token: int,
+                events: list) -> None:
     conn.execute(
         "UPDATE runs SET ended_at = ?, duration = ? - started_at, outcome = 'succeeded' "
         "WHERE task_id = ? AND fencing_token = ? AND ended_at IS NULL",
@@ -159,8 +169,8 @@ def raw_succeed(conn: sqlite3.Connection, now: float, task_id: int, token: int) 
         (json.dumps({"ok": True}), now, task_id),
     )
     payload = json.dumps({"kind": "k", "status": "done"})
-    conn.execute(_INSERT_EVENT, (now, "task.succeeded", task_id, payload))
-    conn.execute(_INSERT_EVENT, (now, "task.done", task_id, payload))
+    events.append((now, "task.succeeded", task_id, payload))
+    events.append((now, "task.done", task_id, payload))
     conn.execute(
         "UPDATE tasks SET pending_deps = pending_deps - 1 "
         "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)",
@@ -176,16 +186,22 @@ def raw_case(path: str, tasks: int, batch: int) -> float:
         size = min(batch, left)
         left -= size
         now = time.time()
+        events: list = []
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(size):
-            raw_submit(conn, now)
+            raw_submit(conn, now, events)
+        conn.executemany(_INSERT_EVENT, events)
         conn.execute("COMMIT")
+        events.clear()
         conn.execute("BEGIN IMMEDIATE")
-        claimed = [raw_claim(conn, now, f"w{i}") for i in range(size)]
+        claimed = [raw_claim(conn, now, f"w{i}", events) for i in range(size)]
+        conn.executemany(_INSERT_EVENT, events)
         conn.execute("COMMIT")
+        events.clear()
         conn.execute("BEGIN IMMEDIATE")
         for task_id, token in claimed:
-            raw_succeed(conn, now, task_id, token)
+            raw_succeed(conn, now, task_id, token, events)
+        conn.executemany(_INSERT_EVENT, events)
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     assert conn.execute("SELECT count(*) FROM tasks WHERE status = 'done'").fetchone()[0] == tasks
@@ -252,11 +268,11 @@ async def seed_submit(conn, now):
 
 
 async def seed_claim(conn, now, worker):
-    row = await (await conn.execute(_CLAIM, ("k", now, 1))).fetchone()
+    row = await (await conn.execute(_SEED_CLAIM, ("k", now, 1))).fetchone()
     if row is None:
         return None
     attempts, token = await (await conn.execute(
-        _CLAIM_UPDATE, (worker, "h", now + LEASE, now, row[0]))).fetchone()
+        _SEED_CLAIM_UPDATE, (worker, "h", now + LEASE, now, row[0]))).fetchone()
     await conn.execute(_INSERT_RUN, (row[0], attempts, token, worker, "h", now))
     await conn.execute(_INSERT_EVENT, (now, "task.started", row[0], json.dumps(
         {"kind": "k", "status": "running"})))
