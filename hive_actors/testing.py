@@ -172,6 +172,7 @@ class _Recorder:
         self.running: dict[int, Call] = {}  # index in calls -> the call, while it runs
         self.counts: Counter[int] = Counter()
         self.check_store = check_store
+        self.check_errors: list[str] = []  # store reads at call start that failed
         self.hive: Hive | None = None
 
     def bind(self, hive: Hive) -> None:
@@ -190,7 +191,11 @@ class _Recorder:
         self.calls.append(call)
         self.running[index] = call
         if self.check_store and self.hive is not None:
-            now = await self.hive.store.get(task.id)
+            try:
+                now = await self.hive.store.get(task.id)
+            except Exception as exc:  # e.g. an injected DB actor crash hit the read
+                self.check_errors.append(f"{type(exc).__name__}: {exc}")
+                return index
             expected = "running" if self.role != "reviewer" else "review"
             if now.status != expected or now.fencing_token != task.fencing_token:
                 self._update(index, stale_at_start=(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -17,6 +18,8 @@ from ._actor import StoreActor
 from ._engine import Engine
 from ._model import Event, RecoveryReport, Run, StoredPlan, Task
 from ._thread import SqliteThread
+
+log = logging.getLogger("hive_actors.store")
 
 
 class Store:
@@ -358,4 +361,9 @@ async def _checkpoints(runner: SqliteThread, engine: Engine, interval: float) ->
 async def _touch_hive(ref: ActorRef, interval: float) -> None:
     while True:
         await trio.sleep(interval)
-        await ref.ask(m.TouchHive())
+        try:
+            await ref.ask(m.TouchHive())
+        except Exception as exc:
+            # The DB actor crashed on this batch (it is being restarted): the next
+            # touch will do. Letting it escape would take the whole store down.
+            log.warning("could not refresh this hive's liveness row: %r", exc)

@@ -49,3 +49,17 @@ async def test_a_slot_free_lost_with_a_crashing_queen_does_not_shrink_the_pool(a
         assert crash.hits == 1
         assert [(await hive.get(t.id)).status for t in tasks] == ["done"] * 3
         await check_invariants(hive, backends=[backend])
+
+
+async def test_a_db_actor_crash_does_not_kill_the_store_liveness_task(autojump_hive, autojump_clock):
+    # Found by test_invariants_hold_under_any_faults: an injected crash of the DB
+    # actor reaches every asker of its batch; the store's background liveness touch
+    # did not catch it, so one DB actor crash (which supervision absorbs) took the
+    # whole hive down with the touch's exception.
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        crash = crash_actor(hive, "store", message_type="TouchHive")
+        await trio.sleep(25)  # the touch runs every 10 s
+        assert crash.hits == 1
+        task = await hive.submit(kind="k", title="after the crash")
+        assert (await hive.wait(task.id, timeout=100)).status == "done"
