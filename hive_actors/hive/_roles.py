@@ -105,6 +105,11 @@ class _Slot(Actor):
             if self.current is not None and self.current[0] is task:
                 log.warning("%s: lease on task %s lost; stopping its attempt", self.ref.name, task.id)
                 self.cancel_attempt("stale")
+        except Exception as exc:
+            # The store could not take this heartbeat (locked database, a DB actor
+            # crash on this batch...): the next one, a third of a lease later, will
+            # do. Raising here would take the whole hive down from _keep_leases.
+            log.warning("%s: heartbeat of task %s failed: %r", self.ref.name, task.id, exc)
 
     async def _report(self, operation: Callable[..., Any], task: Task, *args: Any, **kw: Any) -> Any:
         """Call a store operation with this attempt's token; a stale token is logged."""
