@@ -168,10 +168,6 @@ def _payload_encoder() -> Callable[[Any], str]:
 _dump_payload = _payload_encoder()
 
 
-def _unjson(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def _task(row: _Row, deps: tuple[int, ...]) -> Task:
     (id_, kind, title, prompt, status, priority, attempts, result, feedback, error,
      parent_id, created_at, updated_at, max_attempts, retry_delay, fencing_token,
@@ -604,7 +600,11 @@ class Engine:
         read_only = self._read_only
         rows = self._rows
         published = self._events = []  # _emit appends here
-        for op in ops:
+        claim = m.Claim
+        i, count = 0, len(ops)
+        while i < count:
+            op = ops[i]
+            i += 1
             handler = handlers.get(type(op))
             if handler is None:
                 append(outcome.Error(TypeError(f"not a store operation: {op!r}")))
@@ -616,7 +616,14 @@ class Engine:
                 continue
             if not savepoints:
                 try:
-                    append(value_of(handler(op, now)))
+                    if type(op) is claim and i < count and type(ops[i]) is claim:
+                        group = [op]
+                        while i < count and type(ops[i]) is claim and ops[i].kind == op.kind:
+                            group.append(ops[i])
+                            i += 1
+                        results.extend(map(value_of, self._claim_group(group, now)))
+                    else:
+                        append(value_of(handler(op, now)))
                 except Exception as exc:  # the batch runs again, with savepoints
                     if not conn.in_transaction:
                         raise _BatchLost() from exc
@@ -939,46 +946,58 @@ class Engine:
         return self._task(row)
 
     def _claim(self, op: m.Claim, now: float) -> list[Task]:
+        return self._claim_group([op], now)[0]
+
+    def _claim_group(self, ops: list[m.Claim], now: float) -> list[list[Task]]:
+        """Claims of one kind that follow each other in a batch, with one read and
+        one write of each table: the first gets the best ``n`` ready tasks, the next
+        the best ``n`` of the rest... exactly what running them one after the other
+        in the transaction gives (nothing else happens in between)."""
         conn = self._conn
-        found = conn.execute(_CLAIM, (op.kind, now, op.n)).fetchall()
+        found = conn.execute(_CLAIM, (ops[0].kind, now, sum(op.n for op in ops))).fetchall()
         if not found:
-            return []
-        worker, hive = op.worker, self.hive_id
-        expires = now + op.lease_seconds
-        # The rows as the UPDATE below leaves them (see _COLS for the positions).
-        rows = [
-            _make_row(
-                raw[:4] + (RUNNING, raw[5], raw[6] + 1) + raw[7:12]
-                + (now, raw[13], raw[14], raw[15] + 1, worker, expires) + raw[18:21]
-                + (hive, None)
-            )
-            for raw in found
-        ]
+            return [[] for _ in ops]
+        hive = self.hive_id
+        # The rows as the UPDATE below leaves them (see _COLS for the positions), with
+        # the claim each one goes to.
+        rows: list[tuple[m.Claim, float, _Row]] = []
+        start = 0
+        for op in ops:
+            worker, expires = op.worker, now + op.lease_seconds
+            for raw in found[start : start + op.n]:
+                rows.append((op, expires, _make_row(
+                    raw[:4] + (RUNNING, raw[5], raw[6] + 1) + raw[7:12]
+                    + (now, raw[13], raw[14], raw[15] + 1, worker, expires) + raw[18:21]
+                    + (hive, None)
+                )))
+            start += op.n
         if len(rows) == 1:
-            row = rows[0]
-            conn.execute(_CLAIM_UPDATE, (row.attempts, row.fencing_token, worker, hive,
-                                         expires, now, row.id))
-            conn.execute(_INSERT_RUN, (row.id, row.attempts, row.fencing_token, worker,
-                                       hive, now))
+            _, expires, row = rows[0]
+            conn.execute(_CLAIM_UPDATE, (row.attempts, row.fencing_token, row.lease_owner,
+                                         hive, expires, now, row.id))
+            conn.execute(_INSERT_RUN, (row.id, row.attempts, row.fencing_token,
+                                       row.lease_owner, hive, now))
         else:
             conn.executemany(_CLAIM_UPDATE, [
-                (r.attempts, r.fencing_token, worker, hive, expires, now, r.id) for r in rows
+                (r.attempts, r.fencing_token, r.lease_owner, hive, expires, now, r.id)
+                for _, expires, r in rows
             ])
             conn.executemany(_INSERT_RUN, [
-                (r.id, r.attempts, r.fencing_token, worker, hive, now) for r in rows
+                (r.id, r.attempts, r.fencing_token, r.lease_owner, hive, now)
+                for _, _, r in rows
             ])
-        claimed = []
+        claimed: dict[int, list[Task]] = {id(op): [] for op in ops}
         cache = self._rows_cache
         if len(cache) + len(rows) > _ROW_CACHE_SIZE:
             cache.clear()
-        for row in rows:
+        for op, expires, row in rows:
             cache[row.id] = row
             self._emit(op, now, "task.started", row, {
-                "attempt": row.attempts, "token": row.fencing_token, "worker": worker,
+                "attempt": row.attempts, "token": row.fencing_token, "worker": op.worker,
                 "lease_expires_at": expires,
             })
-            claimed.append(self._task(row))
-        return claimed
+            claimed[id(op)].append(self._task(row))
+        return [claimed[id(op)] for op in ops]
 
     def _claim_review(self, op: m.ClaimReview, now: float) -> list[Task]:
         sql = (
