@@ -80,6 +80,7 @@ class Subscription:
         self._lot.unpark_all()
         if self in self._bus._subscriptions:
             self._bus._subscriptions.remove(self)
+            self._bus._by_topic.clear()
 
 
 class Bus:
@@ -92,6 +93,7 @@ class Bus:
     def __init__(self, system: ActorSystem) -> None:
         self._system = system
         self._subscriptions: list[Subscription] = []
+        self._by_topic: dict[str, list[Subscription]] = {}  # topic -> matching, cached
 
     async def subscribe(self, pattern: str, ref: ActorRef, buffer: int = 256) -> Subscription:
         """Deliver ``Published(topic, payload)`` for every topic matching ``pattern`` to ``ref``."""
@@ -103,16 +105,23 @@ class Bus:
             raise TypeError(f"subscribe needs an ActorRef, got {ref!r}")
         subscription = Subscription(self, pattern, ref, buffer)
         self._subscriptions.append(subscription)
+        self._by_topic.clear()
         self._system._start_service(subscription._forward)
         await trio.lowlevel.checkpoint()
         return subscription
 
     def publish_nowait(self, topic: str, payload: Any = None) -> int:
         """Publish without waiting; return how many subscribers got it buffered."""
+        matching = self._by_topic.get(topic)
+        if matching is None:
+            matching = [sub for sub in self._subscriptions if sub._match(topic)]
+            self._by_topic[topic] = matching
+        if not matching:
+            return 0
         message = Published(topic, payload)
         delivered = 0
-        for subscription in self._subscriptions:
-            if subscription._match(topic) and subscription._offer(message):
+        for subscription in matching:
+            if subscription._offer(message):
                 delivered += 1
         return delivered
 

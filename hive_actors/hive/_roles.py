@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -164,10 +163,6 @@ class _Slot(Actor):
         return await self.rt.launcher.run(argv, task, **kw)
 
 
-def _timeout_scope(timeout: float | None) -> trio.CancelScope:
-    return trio.move_on_after(math.inf if timeout is None else timeout)
-
-
 def _error_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -189,13 +184,16 @@ class Worker(_Slot):
         review = rt.config.needs_review(task.kind)
         if kind.backend is not None:
             result, error = None, None
-            with _timeout_scope(kind.timeout) as timer:
-                try:
+            try:
+                if kind.timeout is None:
                     result = await self.call_backend(kind.backend, kind.loop, task)
-                except Exception as exc:
-                    error = _error_text(exc)
-            if timer.cancelled_caught:
+                else:
+                    with trio.fail_after(kind.timeout):
+                        result = await self.call_backend(kind.backend, kind.loop, task)
+            except trio.TooSlowError:
                 error = f"timeout: the backend ran longer than {kind.timeout} s"
+            except Exception as exc:
+                error = _error_text(exc)
             if error is None:
                 error = json_problem(result)
             if error is not None:
