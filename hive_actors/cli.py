@@ -327,11 +327,9 @@ COMMANDS: dict[str, Callable[..., Awaitable[int]]] = {
 async def run_command(opts: argparse.Namespace, db: Path, config: HiveConfig | None) -> int:
     """Open the database and run the parsed command against it."""
     out = _Output(opts.json)
-    async with open_actor_system() as system, open_store(system, str(db)) as store:
-        if store.recovery.pgids:  # this process recovered a dead hive's tasks
-            from .hive._command import kill_process_groups
-
-            kill_process_groups(store.recovery.pgids)
+    # register=False: looking at a database must not recover (take over) the work of
+    # a hive that died; the next hive to start does that, and kills its agents.
+    async with open_actor_system() as system, open_store(system, str(db), register=False) as store:
         return await COMMANDS[opts.command](store, opts, config, out)
 
 

@@ -300,9 +300,11 @@ class Engine:
         rng: random.Random | None = None,
         hive_stale_after: float = 60.0,
         integrity_check: bool = False,
+        register: bool = True,
     ) -> tuple[Engine, RecoveryReport, list[Event]]:
         """Open (creating if needed) the database at ``path``, migrate it, register
-        this hive process and recover the leases of hive processes that are gone.
+        this hive process and recover the leases of hive processes that are gone
+        (with ``register=False``, as admin tools do, neither: no lease can be taken).
 
         Raises a :class:`DatabaseError` subclass, having written nothing, when the
         file cannot be used.
@@ -340,7 +342,10 @@ class Engine:
                     engine = cls(conn, path, uuid.uuid4().hex, clock, rng or random.Random())
                     engine._busy_ms = int(busy_timeout * 1000)
                     engine.commit_syncs = synchronous.upper() in ("FULL", "EXTRA")
-                    report = engine._register_and_recover(hive_stale_after)
+                    if register:
+                        report = engine._register_and_recover(hive_stale_after)
+                    else:
+                        report = RecoveryReport(hive_id=engine.hive_id)
                     engine._flush()
                     events = engine._events
                     engine._events = []

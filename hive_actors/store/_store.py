@@ -278,6 +278,7 @@ async def open_store(
     mailbox_size: int = 4096,
     inline: bool = False,
     integrity_check: bool = False,
+    register: bool = True,
 ) -> AsyncIterator[Store]:
     """Open the database at ``path`` and run its DB actor in ``system`` for the
     duration of the ``async with`` block.
@@ -297,13 +298,16 @@ async def open_store(
     everything on the trio thread (lowest latency, but a COMMIT's I/O or a locked
     database blocks the trio loop meanwhile). ``hive_heartbeat`` is how
     often this process's liveness row is refreshed (seen by hives on other hosts).
+    ``register=False`` opens the database as an admin tool (the ``hive`` command):
+    this process is not recorded as a hive and recovers nothing, so it never takes
+    over a live or dead hive's work by merely looking.
     """
     runner = None if inline else SqliteThread()
     try:
         do_open = functools.partial(
             Engine.open, path, synchronous=synchronous, busy_timeout=busy_timeout,
             clock=clock, rng=rng, hive_stale_after=hive_stale_after,
-            integrity_check=integrity_check,
+            integrity_check=integrity_check, register=register,
         )
         if runner is None:
             engine, report, events = do_open()
@@ -322,7 +326,7 @@ async def open_store(
                 system.bus.publish_nowait(event.type, event)
             store = Store(ref, path, report, engine)
             async with trio.open_nursery() as nursery:
-                if hive_heartbeat is not None:
+                if hive_heartbeat is not None and register:
                     nursery.start_soon(_touch_hive, ref, hive_heartbeat)
                 if runner is not None and path != ":memory:":
                     nursery.start_soon(_checkpoints, runner, engine, CHECKPOINT_INTERVAL)

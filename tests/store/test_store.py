@@ -454,6 +454,18 @@ async def test_clean_close_then_reopen_recovers_running_tasks(system, db_path, c
         assert second.recovery.requeued == (task.id,)
 
 
+async def test_an_admin_open_recovers_nothing(system, db_path, clock):
+    async with open_store(system, db_path, clock=clock, name="s1") as first:
+        task = await first.submit("k", "t")
+        await first.claim("k", 1, "w", 30)
+    async with open_store(system, db_path, clock=clock, name="admin", register=False) as admin:
+        assert admin.recovery.requeued == () and admin.recovery.dead_hives == ()
+        assert (await admin.get(task.id)).status == "running"
+    assert read_db(db_path, "SELECT count(*) FROM hives") == [(1,)]  # not recorded
+    async with open_store(system, db_path, clock=clock, name="s2") as second:
+        assert second.recovery.requeued == (task.id,)
+
+
 async def test_hive_heartbeat_is_refreshed(system, db_path, autojump_clock):
     wall = [100.0]
     async with open_store(system, db_path, clock=lambda: wall[0], hive_heartbeat=5.0) as store:
