@@ -53,7 +53,7 @@ import trio
 
 from .actors import Fault, InjectedCrash
 from .hive import Hive, HiveConfig, Verdict, open_hive
-from .store import StaleLease, Task
+from .store import DependencyError, StaleLease, Task
 
 __all__ = [
     "Call",
@@ -469,7 +469,9 @@ class FaultSpec:
       ``seconds`` seconds;
     - ``"expire"``: at ``at`` seconds, the lease of task ``task`` (a graph key)
       runs out, if it holds one;
-    - ``"cancel"``: at ``at`` seconds, a person cancels task ``task``.
+    - ``"cancel"``: at ``at`` seconds, a person cancels task ``task``;
+    - ``"retry"``: at ``at`` seconds, a person retries task ``task`` if it failed or
+      was cancelled (and its dependencies allow it).
 
     ``target`` is a role for :func:`actor_pattern`. Only crashes and delays of
     slots, the Queen and the DB actor's ``Claim``/``ClaimReview`` handling leave
@@ -487,7 +489,7 @@ class FaultSpec:
     @property
     def changes_outcomes(self) -> bool:
         """Whether this fault may change how tasks end (versus :func:`predict`)."""
-        if self.action in ("expire", "cancel"):
+        if self.action in ("expire", "cancel", "retry"):
             return True
         if self.action == "crash" and self.target == "store":
             return self.message not in ("Claim", "ClaimReview", "Get", "Counts")
@@ -515,7 +517,7 @@ async def apply_faults(
         elif spec.action == "delay":
             registered.append(hive.system.faults.delay(
                 actor_pattern(hive, spec.target), spec.seconds, times=spec.nth))
-        elif spec.action in ("stall", "expire", "cancel"):
+        elif spec.action in ("stall", "expire", "cancel", "retry"):
             nursery.start_soon(_timed_fault, hive, spec, tasks, start)
         else:
             raise ValueError(f"unknown fault action {spec.action!r}")
@@ -559,6 +561,12 @@ async def _fire(hive: Hive, spec: FaultSpec, tasks: Mapping[str, Task]) -> None:
     if spec.action == "cancel":
         if not current.terminal:
             await hive.cancel(task.id)
+    elif spec.action == "retry":
+        if current.status in ("failed", "cancelled"):
+            try:
+                await hive.retry(task.id)
+            except DependencyError:
+                pass  # a dependency failed or was cancelled: not retryable
     elif current.lease_expires_at is not None:
         try:
             await expire_lease_now(hive, task.id)
@@ -771,7 +779,7 @@ def fault_schedules(
     """A hypothesis strategy for lists of :class:`FaultSpec`: crashes of slot
     actors (on their Nth ``Assign``), of the Queen and of the DB actor (on its Nth
     message of one type), mailbox delays and stalls, and -- unless
-    ``outcome_preserving`` -- lease expiries and cancels of tasks in ``task_keys``,
+    ``outcome_preserving`` -- lease expiries, cancels and retries of tasks in ``task_keys``,
     at times within ``horizon`` seconds. Shrinks towards no faults."""
     from hypothesis import strategies as st
 
@@ -808,6 +816,7 @@ def fault_schedules(
                       at=at, seconds=st.sampled_from([1.0, 40.0])),
             st.builds(FaultSpec, action=st.just("expire"), at=at, task=key),
             st.builds(FaultSpec, action=st.just("cancel"), at=at, task=key),
+            st.builds(FaultSpec, action=st.just("retry"), at=at, task=key),
         ]
     return st.tuples(
         st.lists(st.one_of(*options), max_size=max_faults),
