@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._actor import ActorRef
-from ._errors import ActorStopped
+from ._errors import ActorStopped, MailboxFull
 from ._messages import Missed, Published
 
 if TYPE_CHECKING:
@@ -29,9 +29,11 @@ class _MissedRun:
 class Subscription:
     """One subscriber's pattern and bounded buffer; ``cancel()`` ends it.
 
-    Up to ``buffer`` published messages wait for the subscriber; beyond that they are
-    dropped and counted, and the subscriber receives ``Missed(count)`` in their place,
-    as soon as the messages before the drop have been delivered.
+    A message goes straight into the subscriber's mailbox when it has room and
+    nothing published earlier is still waiting; otherwise up to ``buffer`` messages
+    wait here for room (a forwarding task delivers them in order).  Beyond that they
+    are dropped and counted, and the subscriber receives ``Missed(count)`` in their
+    place, as soon as the messages before the drop have been delivered.
     """
 
     def __init__(self, bus: Bus, pattern: str, ref: ActorRef, buffer: int) -> None:
@@ -44,8 +46,18 @@ class Subscription:
         self._pending = 0  # Published messages in the queue (what the buffer bounds)
         self._lot = trio.lowlevel.ParkingLot()
         self._cancelled = False
+        self._in_flight = False  # the forwarder holds a message it is delivering
 
     def _offer(self, message: Published) -> bool:
+        if not self._queue and not self._in_flight:
+            try:
+                self.ref.tell_nowait(message)
+                return True
+            except MailboxFull:
+                pass  # wait in the buffer for room, in order
+            except ActorStopped:
+                self.cancel()
+                return False
         if self._pending >= self._buffer:
             if self._queue and isinstance(self._queue[-1], _MissedRun):
                 self._queue[-1].count += 1
@@ -68,10 +80,13 @@ class Subscription:
                 item = Missed(item.count)
             else:
                 self._pending -= 1
+            self._in_flight = True
             try:
                 await self.ref.tell(item)
             except ActorStopped:
                 self.cancel()
+            finally:
+                self._in_flight = False
 
     def cancel(self) -> None:
         """Stop delivering to this subscriber; what is still buffered is dropped."""
