@@ -20,6 +20,7 @@ log = logging.getLogger("hive_actors.hive")
 
 _ACTIVE = (QUEUED, RUNNING, REVIEW)  # statuses that keep a hive from being idle
 _POLL = 1.0  # seconds between re-reads of the database for changes made elsewhere
+_IDLE_COALESCE = 0.02  # wait_idle re-counts at most this often while work goes on
 
 
 class _Runtime:
@@ -101,9 +102,13 @@ class _Waiters:
         self.any = trio.Event()
 
 
-async def _wait_changed(event: trio.Event) -> None:
-    with trio.move_on_after(_POLL):  # changes made by other processes are polled
+async def _wait_changed(event: trio.Event, coalesce: float = 0.0) -> None:
+    """Wait for ``event`` (at most ``_POLL`` s: other processes' changes are polled),
+    then ``coalesce`` s more so that a burst of changes costs one re-read."""
+    with trio.move_on_after(_POLL):
         await event.wait()
+    if coalesce:
+        await trio.sleep(coalesce)
 
 
 class Hive:
@@ -210,7 +215,7 @@ class Hive:
                     if kind in served for s in _ACTIVE
                 ):
                     return status
-                await _wait_changed(changed)
+                await _wait_changed(changed, coalesce=_IDLE_COALESCE)
         raise TimeoutError(f"the hive was not idle within {timeout} s")
 
     def served_kinds(self) -> frozenset[str]:
