@@ -48,9 +48,12 @@ class _Slot(Actor):
         # After a restart (a crash), give back a task handed to us that we never
         # reported (we crashed before starting it), then offer ourselves again; at
         # first start the Queen already counts every slot as free.
-        task = self.rt.assigned.pop(self.ref, None)
+        task = self.rt.assigned.get(self.ref)
         if task is not None:
+            # Forgotten only once given back: if the store call itself fails, this
+            # start crashes and the next restart tries again.
             await self._report(self._release, task, "worker crashed before the attempt")
+            self.rt.assigned.pop(self.ref, None)
         if self.rt.queen is not None:
             await self.rt.queen.tell(SlotFree(self.pool, self.ref, restarted=True))
 
@@ -385,10 +388,13 @@ class Queen(Actor):
             self.pump_pending = False
             await self._claim()
         elif isinstance(message, SlotFree):
-            task = self.assigned.pop(message.slot, None)
-            if message.restarted and task is not None:
-                await self._give_back(task)
-            if message.slot not in self.free_set[message.pool]:
+            # A slot clears its own entry in the books (giving back, after a crash, a
+            # task it never started) before it says it is free: an entry there now
+            # is a newer assignment and this SlotFree is stale (sent before a
+            # restart of the Queen, which rebuilt its free lists from the books).
+            if message.slot in self.assigned:
+                log.debug("stale SlotFree from %s ignored", message.slot.name)
+            elif message.slot not in self.free_set[message.pool]:
                 self.free_set[message.pool].add(message.slot)
                 self.free[message.pool].append(message.slot)
             await self._request_pump()

@@ -106,6 +106,20 @@ graphs = task_graphs(KINDS, max_tasks=7, hang_kinds=("b",), plan=True)
 @given(graph=graphs, faults=fault_schedules(KINDS, outcome_preserving=True),
        concurrency=st.tuples(st.integers(1, 3), st.integers(1, 2)))
 @example(graph=TaskGraph((TaskSpec("t0", "a"),)), faults=[], concurrency=(1, 1))
+@example(  # found: a SlotFree sent before a Queen restart freed a busy slot (fixed)
+    graph=TaskGraph((
+        TaskSpec("t0", "b", max_attempts=1, script=Script(hang=True)),
+        TaskSpec("t1", "a", depends_on=("t0",), max_attempts=1),
+        TaskSpec("t2", "b", script=Script(hang=True)),
+        TaskSpec("t3", "a", depends_on=("t0",)),
+        TaskSpec("t5", "b", script=Script(garbage=True)),
+        TaskSpec("t6", "b", depends_on=("t0",), max_attempts=2, script=Script(hang=True)),
+    )),
+    faults=[FaultSpec("delay", "b", nth=5, seconds=20.0),
+            FaultSpec("delay", "queen", nth=4, seconds=20.0),
+            FaultSpec("crash", "queen", nth=10)],
+    concurrency=(2, 1),
+)
 def test_tasks_end_as_their_scripts_say(graph, faults, concurrency):
     """With faults that cannot change outcomes (crashes of slots, of the Queen, of
     the DB actor while claiming; delays), every task ends as the model predicts and
