@@ -9,6 +9,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# The public test kit's fixtures (hive_factory, autojump_hive), used as users would.
+pytest_plugins = ["hive_actors.testing"]
+
 settings.register_profile(
     "ci",
     max_examples=60,
