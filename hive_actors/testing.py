@@ -497,6 +497,10 @@ class FaultSpec:
         if self.action == "stall":
             # A long stall of a slot can outlast the lease (the Queen re-claims).
             return True
+        if self.action == "delay" and self.target != "queen":
+            # Delays add up: a slot's Assign or the DB actor's heartbeats held past
+            # the lease lose the claim.
+            return self.seconds * self.nth >= 10.0
         return False
 
 
@@ -802,9 +806,19 @@ def fault_schedules(
                                                      "Heartbeat", "Approve", "Reject",
                                                      "StorePlan", "TouchHive"]))
     root_crash = queen_crash if outcome_preserving else st.one_of(queen_crash, store_crash)
-    delay = st.builds(FaultSpec, action=st.just("delay"),
-                      target=st.one_of(slot, st.just("queen"), st.just("store")),
-                      nth=st.integers(1, 5), seconds=st.sampled_from([0.1, 1.0, 20.0]))
+    # Slots are delayed briefly only: an Assign held in a slot's mailbox past the
+    # lease loses its claim (see the "stall" note below). DB actor delays add up to
+    # lost leases too, so they stay short when outcomes must be preserved.
+    delay = st.one_of(
+        st.builds(FaultSpec, action=st.just("delay"), target=slot, nth=st.integers(1, 5),
+                  seconds=st.sampled_from([0.1, 1.0])),
+        st.builds(FaultSpec, action=st.just("delay"), target=st.just("queen"),
+                  nth=st.integers(1, 5), seconds=st.sampled_from([0.1, 1.0, 20.0])),
+        st.builds(FaultSpec, action=st.just("delay"), target=st.just("store"),
+                  nth=st.integers(1, 5),
+                  seconds=st.sampled_from([0.1, 1.0] if outcome_preserving else
+                                          [0.1, 1.0, 20.0])),
+    )
     options = [slot_crash, delay]
     if not outcome_preserving:
         at = st.floats(0.0, horizon, allow_nan=False).map(lambda t: round(t, 1))
