@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trio
+
+from hive_actors.actors import open_actor_system
+from hive_actors.store import open_store
 from tests.test_cli import (
     FAIL_AGENT,
     HANG_AGENT,
@@ -192,8 +196,16 @@ def test_second_signal_forces_exit(tmp_path):
     code, out, err = finish(proc)
     assert code == 128 + signal.SIGINT
     assert "forced exit" in err
-    # the next hive on the database re-queues the task the forced exit left running
-    assert hive_json("show", str(task["id"]), db=db)["status"] == "queued"
+    # looking at the database takes nothing over; the next hive to open it re-queues
+    # the task the forced exit left running
+    assert hive_json("show", str(task["id"]), db=db)["status"] == "running"
+    assert trio.run(status_after_reopen, db, task["id"]) == "queued"
+
+
+async def status_after_reopen(db: Path, task_id: int) -> str:
+    """The task's status once a hive process has opened the database (and recovered)."""
+    async with open_actor_system() as system, open_store(system, str(db)) as store:
+        return (await store.get(task_id)).status
 
 
 def test_live_view_on_a_terminal(tmp_path):
