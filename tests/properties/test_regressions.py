@@ -119,3 +119,28 @@ async def test_a_crashed_slot_gives_its_task_back_even_if_the_first_try_fails(
         assert done.status == "done"
         report = await check_invariants(hive, backends=[backend])
         assert not [e for e in report.events if e.payload.get("expired")]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a cancel landing after the claim but before the slot starts the attempt is "
+    "missed (only attempts already running are stopped), so the agent runs for a "
+    "cancelled task"))
+async def test_a_task_cancelled_before_its_attempt_started_never_runs(autojump_hive,
+                                                                      autojump_clock):
+    # Found by test_invariants_hold_under_any_faults (stress profile): a cancel that
+    # landed after the claim but before the slot started the attempt missed it (the
+    # Queen and Hive.cancel only stop attempts already running), and the agent ran
+    # for a cancelled task.
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        stall = hive.system.faults.stall(actor_pattern(hive, "k"))
+        task = await hive.submit(kind="k", title="cancelled in the mailbox")
+        while (await hive.get(task.id)).status != "running":
+            await trio.sleep(0.1)
+        await hive.cancel(task.id)
+        await trio.sleep(1)
+        stall.release()
+        other = await hive.submit(kind="k", title="the slot still works")
+        assert (await hive.wait(other.id, timeout=100)).status == "done"
+        assert [call.task_id for call in backend.calls] == [other.id]
+        await check_invariants(hive, backends=[backend])
