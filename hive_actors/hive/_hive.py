@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -36,10 +37,21 @@ class _Runtime:
         # slot ref -> the task the Queen handed it, until the slot is done with it;
         # shared so that it survives a restart of the Queen
         self.assigned: dict[ActorRef, Any] = {}
+        self.cancelled: set[int] = set()  # cancelled while handed to a slot, not started
+        self.clock = time.time  # the store's clock (leases are in its time)
         self._drained = trio.Event()
         self.queen: ActorRef | None = None
         self.pools: dict[str, list[ActorRef]] = {}
         self.closing = False
+
+    def cancel_local(self, task_id: int) -> None:
+        """The store cancelled ``task_id``: stop its attempt here, or make sure a slot
+        holding it (an ``Assign`` still in its mailbox) never starts it."""
+        slot = self.attempts.get(task_id)
+        if slot is not None:
+            slot.cancel_attempt("cancelled")
+        elif any(task.id == task_id for task in self.assigned.values()):
+            self.cancelled.add(task_id)
 
     def attempt_started(self, task_id: int, slot: Any) -> None:
         self.attempts[task_id] = slot
@@ -164,9 +176,7 @@ class Hive:
     async def cancel(self, task_id: int) -> Task:
         """Cancel a task (and its unfinished dependents); a running agent is killed."""
         task = await self.store.cancel(task_id, actor="person")
-        slot = self._rt.attempts.get(task_id)
-        if slot is not None:
-            slot.cancel_attempt("cancelled")
+        self._rt.cancel_local(task_id)
         return task
 
     async def retry(self, task_id: int) -> Task:
@@ -318,6 +328,8 @@ async def open_hive(
 
             launcher = stack.enter_context(AgentLauncher())
         runtime = _Runtime(config, store, launcher, workspaces)
+        if clock is not None:
+            runtime.clock = clock
         waiters = _Waiters()
         changes = await system.spawn(_Changes, waiters, name=f"hive-changes-{id(runtime)}")
         await system.bus.subscribe("task.*", changes, buffer=4096)

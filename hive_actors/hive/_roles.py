@@ -78,6 +78,8 @@ class _Slot(Actor):
     async def _attempt(self, task: Task) -> None:
         rt = self.rt
         self.release_reason = None
+        if not await self._still_ours(task):
+            return
         with trio.CancelScope() as scope:
             rt.attempt_started(task.id, self)
             self.current = (task, scope)
@@ -88,6 +90,24 @@ class _Slot(Actor):
                 rt.attempt_ended(task.id)
         if scope.cancelled_caught and self.release_reason == "shutdown":
             await self._report(self._release, task, "hive shutting down")
+
+    async def _still_ours(self, task: Task) -> bool:
+        """Whether the claim behind an ``Assign`` still holds, checked before the agent
+        starts: the message may have waited in a stalled mailbox while the task was
+        cancelled, or its lease ran out and the task was swept or claimed again."""
+        rt = self.rt
+        if task.id in rt.cancelled:
+            rt.cancelled.discard(task.id)
+            return False
+        margin = rt.lease_seconds / 3  # a lease this close to its end is verified
+        if task.lease_expires_at is not None and rt.clock() < task.lease_expires_at - margin:
+            return True
+        try:
+            await rt.store.heartbeat(task.id, task.fencing_token, rt.lease_seconds)
+        except StaleLease:
+            log.warning("%s: task %s is no longer ours; not starting it", self.ref.name, task.id)
+            return False
+        return True
 
     def cancel_attempt(self, reason: str) -> None:
         """Cancel the running attempt (its agent is killed); ``reason`` says why."""
@@ -400,8 +420,8 @@ class Queen(Actor):
             await self._request_pump()
         elif isinstance(message, Published):
             event = message.payload
-            if message.topic == "task.cancelled" and event.task_id in rt.attempts:
-                rt.attempts[event.task_id].cancel_attempt("cancelled")
+            if message.topic == "task.cancelled":
+                rt.cancel_local(event.task_id)
             await self._request_pump()
         elif isinstance(message, Missed | Tick):
             if isinstance(message, Tick) and message.sweep and not rt.closing:

@@ -6,7 +6,6 @@ included: those go through ``survive_injected_crash``.
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 from hive_actors.hive import HiveConfig, KindConfig
@@ -72,11 +71,6 @@ async def test_a_db_actor_crash_does_not_kill_the_store_liveness_task(autojump_h
         assert done.status == "done"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a slot starts the agent without checking that its claim is still current: an "
-    "Assign that waited in a stalled slot's mailbox past the lease (swept, failed or "
-    "re-claimed meanwhile) still runs the agent; its result is refused (StaleLease), "
-    "but the agent ran for a task that was no longer its own"))
 async def test_a_slot_does_not_start_an_agent_for_a_lost_claim(autojump_hive, autojump_clock):
     backend = ScriptedBackend()
     async with autojump_hive(one_slot_config(backend)) as hive:
@@ -121,10 +115,6 @@ async def test_a_crashed_slot_gives_its_task_back_even_if_the_first_try_fails(
         assert not [e for e in report.events if e.payload.get("expired")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a cancel landing after the claim but before the slot starts the attempt is "
-    "missed (only attempts already running are stopped), so the agent runs for a "
-    "cancelled task"))
 async def test_a_task_cancelled_before_its_attempt_started_never_runs(autojump_hive,
                                                                       autojump_clock):
     # Found by test_invariants_hold_under_any_faults (stress profile): a cancel that
