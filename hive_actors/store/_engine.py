@@ -1186,9 +1186,9 @@ class Engine:
         order = _topological(entries)
         ids: dict[str, int] = {}
         rows: dict[str, _Row] = {}
+        statuses = dict(found)  # task id -> status, for every possible dependency so far
         for entry in order:
             deps = sorted({ids[d] if isinstance(d, str) else d for d in entry.depends_on})
-            statuses = {**found, **{ids[k]: rows[k].status for k in ids}}
             row = self._insert_task(
                 op, now, kind=entry.kind, title=entry.title, prompt=entry.prompt,
                 priority=entry.priority, deps=deps, dep_status=statuses,
@@ -1198,6 +1198,7 @@ class Engine:
             )
             ids[entry.key] = row.id
             rows[entry.key] = row
+            statuses[row.id] = row.status
         keyed = {e.key: ids[e.key] for e in entries}
         self._close_run(plan, now, "succeeded")
         result = op.result if op.result is not None else {"tasks": keyed}
