@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from ..actors import Actor, ActorRef, ActorSystem, Missed, Published, open_actor_system
-from ..store import QUEUED, REVIEW, RUNNING, Event, Task, open_store
+from ..store import ESCALATED, QUEUED, REVIEW, RUNNING, Event, Task, open_store
 from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, tick_queen
 
 log = logging.getLogger("hive_actors.hive")
@@ -211,7 +211,8 @@ class Hive:
 
     async def wait_idle(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109 (contract API)
         """Return ``status()`` once no task of a kind served here is queued, running
-        or in review (escalated tasks wait for a person and do not count).
+        or in review (escalated tasks wait for a person and do not count, nor do queued
+        tasks that can only run after an escalated one is decided).
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
@@ -220,13 +221,38 @@ class Hive:
             while True:
                 changed = self._waiters.for_any()
                 status = await self.status()
-                if not any(
-                    counts.get(s, 0) for kind, counts in status["kinds"].items()
-                    if kind in served for s in _ACTIVE
-                ):
+                active = {
+                    s: sum(counts.get(s, 0) for kind, counts in status["kinds"].items()
+                           if kind in served)
+                    for s in _ACTIVE
+                }
+                if not any(active.values()):
+                    return status
+                if not active[RUNNING] and not active[REVIEW] and await self._only_wait_for_people():
                     return status
                 await _wait_changed(changed, coalesce=_IDLE_COALESCE)
         raise TimeoutError(f"the hive was not idle within {timeout} s")
+
+    async def _only_wait_for_people(self) -> bool:
+        """True if every queued task of a served kind waits, directly or through other
+        queued tasks, on an escalated task: only a person's decision can move them."""
+        served = self.served_kinds()
+        queued = {t.id: t for t in await self.store.list(QUEUED) if t.kind in served}
+        waiting_for_people: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for task in queued.values():
+                if task.id in waiting_for_people:
+                    continue
+                for dep in task.depends_on:
+                    if dep in waiting_for_people or (
+                        dep not in queued and (await self.store.get(dep)).status == ESCALATED
+                    ):
+                        waiting_for_people.add(task.id)
+                        changed = True
+                        break
+        return len(waiting_for_people) == len(queued)
 
     def served_kinds(self) -> frozenset[str]:
         """The task kinds this hive runs (its configured kinds, and ``plan`` with a planner)."""

@@ -244,3 +244,23 @@ async def test_worker_crash_mid_task_requeues_at_once(tmp_path):
             events = [e.type async for e in hive.events(follow=False)]
             assert "task.started" in events
             assert events.count("task.started") == 2  # claimed, given back, claimed again
+
+
+async def test_wait_idle_ignores_work_blocked_behind_an_escalation(tmp_path):
+    async def reviewer(task):
+        return Verdict(escalate=True, feedback="needs a person")
+
+    config = HiveConfig(kinds={"k": KindConfig(backend=echo)}, reviewer=reviewer)
+    async with open_hive(tmp_path / "hive.db", config) as hive:
+        first = await hive.submit(kind="k", title="escalates")
+        second = await hive.submit(kind="k", title="waits for it", depends_on=[first.id])
+        third = await hive.submit(kind="k", title="waits for that", depends_on=[second.id])
+        status = await hive.wait_idle(timeout=10)
+        assert status["counts"]["escalated"] == 1 and status["counts"]["queued"] == 2
+        await hive.review(first.id, approve=True)  # second runs, and escalates in turn
+        assert (await hive.wait(first.id, timeout=10)).status == "done"
+        with trio.fail_after(10):
+            while (await hive.get(second.id)).status != "escalated":
+                await trio.sleep(0.01)
+        await hive.wait_idle(timeout=10)
+        assert [t.status for t in await hive.list()] == ["done", "escalated", "queued"]
