@@ -257,6 +257,7 @@ async def test_wait_idle_ignores_work_blocked_behind_an_escalation(tmp_path):
         third = await hive.submit(kind="k", title="waits for that", depends_on=[second.id])
         status = await hive.wait_idle(timeout=10)
         assert status["counts"]["escalated"] == 1 and status["counts"]["queued"] == 2
+        assert (await hive.get(third.id)).status == "queued"
         await hive.review(first.id, approve=True)  # second runs, and escalates in turn
         assert (await hive.wait(first.id, timeout=10)).status == "done"
         with trio.fail_after(10):
