@@ -322,8 +322,11 @@ async def open_hive(
     process groups killed) before any task runs.  Leaving the block stops gracefully:
     no new claims; running attempts get ``grace`` seconds, then their agents are
     killed and their tasks re-queued (not failed).  Pass ``system`` to run the hive's
-    actors in an actor system of your own, beside your own actors.  ``clock`` and
-    ``store_inline`` exist for tests driven by trio's autojump clock.
+    actors in an actor system of your own, beside your own actors.  ``tick`` is how
+    often (s) the Queen looks for work without being told (work submitted by other
+    processes); ``synchronous`` is SQLite's durability setting (``"FULL"`` also
+    survives an OS crash or power cut).  ``clock`` and ``store_inline`` exist for
+    tests driven by trio's autojump clock.
     """
     if path is None:
         path = getattr(config, "db", None)
