@@ -252,7 +252,12 @@ class Hive:
                         waiting_for_people.add(task.id)
                         changed = True
                         break
-        return len(waiting_for_people) == len(queued)
+        if not queued or len(waiting_for_people) != len(queued):
+            return False
+        # The reads above were separate transactions: confirm nothing else moved since.
+        counts = (await self.status())["kinds"]
+        now = {s: sum(counts[k].get(s, 0) for k in counts if k in served) for s in _ACTIVE}
+        return now[QUEUED] == len(queued) and not now[RUNNING] and not now[REVIEW]
 
     def served_kinds(self) -> frozenset[str]:
         """The task kinds this hive runs (its configured kinds, and ``plan`` with a planner)."""
