@@ -5,50 +5,9 @@ The generic actor runtime is re-exported here; the durable store lives in
 ``hive_actors.hive``.
 """
 
-from .actors import (
-    Actor,
-    ActorError,
-    ActorRef,
-    ActorStats,
-    ActorStopped,
-    ActorSystem,
-    AskTimeout,
-    Bus,
-    Fault,
-    FaultInjector,
-    InjectedCrash,
-    MailboxFull,
-    Missed,
-    Published,
-    Subscription,
-    SupervisorGaveUp,
-    SupervisorRef,
-    SystemStats,
-    Terminated,
-    open_actor_system,
-)
+from . import actors
+from .actors import *  # noqa: F403 - the runtime's public names, listed in actors.__all__
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Actor",
-    "ActorError",
-    "ActorRef",
-    "ActorStats",
-    "ActorStopped",
-    "ActorSystem",
-    "AskTimeout",
-    "Bus",
-    "Fault",
-    "FaultInjector",
-    "InjectedCrash",
-    "MailboxFull",
-    "Missed",
-    "Published",
-    "Subscription",
-    "SupervisorGaveUp",
-    "SupervisorRef",
-    "SystemStats",
-    "Terminated",
-    "open_actor_system",
-]
+__all__ = list(actors.__all__)

@@ -216,16 +216,11 @@ class Hive:
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        served = self.served_kinds()
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 changed = self._waiters.for_any()
                 status = await self.status()
-                active = {
-                    s: sum(counts.get(s, 0) for kind, counts in status["kinds"].items()
-                           if kind in served)
-                    for s in _ACTIVE
-                }
+                active = self._active(status)
                 if not any(active.values()):
                     return status
                 if not active[RUNNING] and not active[REVIEW] and await self._only_wait_for_people():
@@ -233,38 +228,38 @@ class Hive:
                 await _wait_changed(changed, coalesce=_IDLE_COALESCE)
         raise TimeoutError(f"the hive was not idle within {timeout} s")
 
+    def _active(self, status: dict[str, Any]) -> dict[str, int]:
+        """Tasks of the kinds served here per active status, from a ``status()``."""
+        served = self.served_kinds()
+        return {
+            s: sum(counts.get(s, 0) for kind, counts in status["kinds"].items() if kind in served)
+            for s in _ACTIVE
+        }
+
     async def _only_wait_for_people(self) -> bool:
         """True if every queued task of a served kind waits, directly or through other
         queued tasks, on an escalated task: only a person's decision can move them."""
         served = self.served_kinds()
         queued = {t.id: t for t in await self.store.list(QUEUED) if t.kind in served}
-        waiting_for_people: set[int] = set()
+        blocked = {t.id for t in await self.store.list(ESCALATED)}  # grows to a fixpoint
         changed = True
         while changed:
             changed = False
             for task in queued.values():
-                if task.id in waiting_for_people:
-                    continue
-                for dep in task.depends_on:
-                    if dep in waiting_for_people or (
-                        dep not in queued and (await self.store.get(dep)).status == ESCALATED
-                    ):
-                        waiting_for_people.add(task.id)
-                        changed = True
-                        break
-        if not queued or len(waiting_for_people) != len(queued):
+                if task.id not in blocked and any(dep in blocked for dep in task.depends_on):
+                    blocked.add(task.id)
+                    changed = True
+        if not queued or not queued.keys() <= blocked:
             return False
         # The reads above were separate transactions: confirm nothing else moved since.
-        counts = (await self.status())["kinds"]
-        now = {s: sum(counts[k].get(s, 0) for k in counts if k in served) for s in _ACTIVE}
+        now = self._active(await self.status())
         return now[QUEUED] == len(queued) and not now[RUNNING] and not now[REVIEW]
 
     def served_kinds(self) -> frozenset[str]:
         """The task kinds this hive runs (its configured kinds, and ``plan`` with a planner)."""
-        kinds = set(self._rt.config.kinds)
-        if self._rt.config.planner is not None:
-            kinds.add(PLAN_KIND)
-        return frozenset(kinds)
+        config = self._rt.config
+        extra = (PLAN_KIND,) if config.planner is not None else ()
+        return frozenset((*config.served_kinds, *extra))
 
     async def status(self) -> dict[str, Any]:
         """``{"counts": {status: n}, "kinds": {kind: {status: n}}}``, as ``hive status --json``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -59,8 +60,6 @@ class Tick:
 
 def json_problem(value: Any) -> str | None:
     """Why ``value`` cannot be stored as JSON, or None if it can."""
-    import json
-
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:

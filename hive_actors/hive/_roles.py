@@ -19,7 +19,6 @@ import trio
 
 from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
 from ..store import InvalidPlan, StaleLease, StoreError, Task
-from ..store.messages import Release
 from ._model import Assign, Pump, SlotFree, Tick, Verdict, json_problem
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ class _Slot(Actor):
         if task is not None:
             # Forgotten only once given back: if the store call itself fails, this
             # start crashes and the next restart tries again.
-            await self._report(self._release, task, "worker crashed before the attempt")
+            await self._report(self.rt.store.release, task, "worker crashed before the attempt")
             self.rt.assigned.pop(self.ref, None)
         if self.rt.queen is not None:
             await self.rt.queen.tell(SlotFree(self.pool, self.ref, restarted=True))
@@ -67,7 +66,7 @@ class _Slot(Actor):
             # A crash (or hard cancellation) mid-task: give the task back at once
             # rather than after its lease runs out.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._report(self._release, task, "worker stopped mid-attempt")
+                await self._report(self.rt.store.release, task, "worker stopped mid-attempt")
             raise
         # Free in the shared books first: a SlotFree lost with a crashing Queen
         # must not keep this slot busy for ever.
@@ -89,7 +88,7 @@ class _Slot(Actor):
                 self.current = None
                 rt.attempt_ended(task.id)
         if scope.cancelled_caught and self.release_reason == "shutdown":
-            await self._report(self._release, task, "hive shutting down")
+            await self._report(self.rt.store.release, task, "hive shutting down")
 
     async def _still_ours(self, task: Task) -> bool:
         """Whether the claim behind an ``Assign`` still holds, checked before the agent
@@ -142,10 +141,6 @@ class _Slot(Actor):
         except StoreError as exc:
             log.warning("%s: could not report task %s: %s", self.ref.name, task.id, exc)
         return None
-
-    async def _release(self, task_id: int, token: int, reason: str, **kw: Any) -> Any:
-        """Give a running task back to the queue without counting the attempt."""
-        return await self.rt.store.execute(Release(task_id, token, reason, **kw))
 
     async def run(self, task: Task) -> None:
         """Run one attempt of ``task`` and report its outcome to the store."""
@@ -456,8 +451,8 @@ class Queen(Actor):
     async def _give_back(self, task: Task) -> None:
         """Re-queue a task whose slot crashed or vanished (no-op if already reported)."""
         try:
-            await self.rt.store.execute(Release(task.id, task.fencing_token,
-                                                "worker crashed mid-attempt", actor="queen"))
+            await self.rt.store.release(task.id, task.fencing_token,
+                                        "worker crashed mid-attempt", actor="queen")
         except StoreError:
             pass  # the slot reported (or released) it before going down: nothing to do
 

@@ -161,10 +161,12 @@ class Store:
             m.Fail(task_id, token, error, retry, delay, exit_code, output_tail, **kw)
         )
 
-    async def release(self, task_id: int, token: int, reason: str = "released") -> Task:
+    async def release(
+        self, task_id: int, token: int, reason: str = "released", **kw: Any
+    ) -> Task:
         """Give a running task back at once (shutdown, worker crash); the attempt is
         not counted against ``max_attempts``."""
-        return await self.ref.ask(m.Release(task_id, token, reason))
+        return await self.ref.ask(m.Release(task_id, token, reason, **kw))
 
     async def store_plan(
         self,
