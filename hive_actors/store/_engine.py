@@ -166,15 +166,17 @@ def _payload_encoder() -> Callable[[Any], str]:
 
 
 _dump_payload = _payload_encoder()
+_UNSET: Any = object()
 
 
-def _task(row: _Row, deps: tuple[int, ...]) -> Task:
+def _task(row: _Row, deps: tuple[int, ...], result_value: Any = _UNSET) -> Task:
     (id_, kind, title, prompt, status, priority, attempts, result, feedback, error,
      parent_id, created_at, updated_at, max_attempts, retry_delay, fencing_token,
      lease_owner, lease_expires_at, not_before, metadata, _, _, _) = row
+    if result_value is _UNSET:
+        result_value = None if result is None else _loads(result)
     return Task(
-        id_, kind, title, prompt, status, priority, attempts,
-        None if result is None else _loads(result),
+        id_, kind, title, prompt, status, priority, attempts, result_value,
         feedback, error, deps, parent_id, created_at, updated_at, max_attempts,
         float(retry_delay), fencing_token, lease_owner, lease_expires_at,
         float(not_before), None if metadata is None else json.loads(metadata),
@@ -183,6 +185,25 @@ def _task(row: _Row, deps: tuple[int, ...]) -> Task:
 
 def _loads(text: str) -> Any:
     return _SCALARS[text] if text in _SCALARS else json.loads(text)
+
+
+def _decoded(value: Any, text: str | None) -> Any:
+    """What ``_loads(text)`` returns for ``text = _json(value)``, without parsing when
+    ``value`` is a scalar or a flat dict or list of scalars (a fresh copy, so the
+    Task never shares a mutable object with the caller); parsed otherwise."""
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return value
+    if kind is dict:
+        if all(type(k) is str and type(x) in _JSON_SCALARS for k, x in value.items()):
+            return dict(value)
+    elif kind is list and all(type(x) in _JSON_SCALARS for x in value):
+        return list(value)
+    return _loads(text)  # type: ignore[arg-type]
+
+
+# Types whose values come back from a JSON round trip equal and of the same type.
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 # JSON texts decoded without the parser (immutable values only: they are shared).
@@ -668,12 +689,12 @@ class Engine:
 
     # ----------------------------------------------------------------- helpers
 
-    def _task(self, row: _Row) -> Task:
+    def _task(self, row: _Row, result_value: Any = _UNSET) -> Task:
         if row.deps is not None:
             deps = tuple(sorted(int(d) for d in row.deps.split(","))) if row.deps else ()
-            return _task(row, deps)
+            return _task(row, deps, result_value)
         deps = self._deps_cache.get(row.id)
-        return _task(row, self._deps(row.id) if deps is None else deps)
+        return _task(row, self._deps(row.id) if deps is None else deps, result_value)
 
     def _deps(self, task_id: int) -> tuple[int, ...]:
         deps = self._deps_cache.get(task_id)
@@ -1053,9 +1074,10 @@ class Engine:
                                **_NO_LEASE)
             self._emit(op, now, "task.succeeded", new, info)
             self._emit(op, now, "task.review", new)
-            return self._task(new)
-        return self._task(self._done(op, now, row, "task.succeeded", info,
-                                     ("result", "error"), (result, None)))
+        else:
+            new = self._done(op, now, row, "task.succeeded", info,
+                             ("result", "error"), (result, None))
+        return self._task(new, _decoded(op.result, result))
 
     def _fail(self, op: m.Fail, now: float) -> Task:
         row = self._leased(op.task_id, op.token, (RUNNING,))

@@ -624,3 +624,20 @@ async def test_wal_is_checkpointed_by_the_store_thread(system, db_path, clock, t
         copy = tmp_path / "copy.db"
         copy.write_bytes(pathlib.Path(db_path).read_bytes())  # the file alone, no WAL
         assert read_db(str(copy), "SELECT count(*) FROM tasks") == [(50,)]
+
+
+@pytest.mark.parametrize("result", [
+    {"ok": True, "n": 1.5}, [1, "two", None], {"nested": {"a": [1]}}, (1, 2), {1: "int key"},
+    "text", 7, None,
+])
+async def test_succeed_returns_the_result_as_get_reads_it_back(store, result):
+    # The returned Task is built without re-reading the row; it must still hold what
+    # the JSON column holds (tuples as lists, int keys as strings), in a fresh object.
+    await store.submit("k", "t")
+    (task,) = await store.claim("k", 1, "w", 30)
+    done = await store.succeed(task.id, task.fencing_token, result)
+    stored = await store.get(task.id)
+    assert done.result == stored.result
+    assert type(done.result) is type(stored.result)
+    if isinstance(result, dict | list):
+        assert done.result is not result
