@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import outcome
 import trio
 
 from ..actors import Actor, ActorRef, ActorSystem, Missed, Published, open_actor_system
@@ -71,18 +72,23 @@ class _Runtime:
 
 
 class _Changes(Actor):
-    """Wakes the Hive's waiters when the store publishes an event."""
+    """Wakes the Hive's waiters when the store publishes events (a batch at a time)."""
 
     def __init__(self, waiters: _Waiters) -> None:
         self.waiters = waiters
 
-    async def handle(self, message: Any) -> None:
-        if isinstance(message, Published):
-            event = message.payload
-            if isinstance(event, Event) and event.seq is not None:
-                self.waiters.changed(event.task_id)
-        elif isinstance(message, Missed):
-            self.waiters.changed(None)
+    async def handle_batch(self, messages: list[Any]) -> list[outcome.Outcome]:
+        task_ids: list[int] | None = []
+        for message in messages:
+            if isinstance(message, Published):
+                event = message.payload
+                if isinstance(event, Event) and event.seq is not None and task_ids is not None:
+                    task_ids.append(event.task_id)
+            elif isinstance(message, Missed):
+                task_ids = None  # events were lost: wake every waiter
+        self.waiters.changed(task_ids)
+        await trio.lowlevel.checkpoint()
+        return [outcome.Value(None) for _ in messages]
 
 
 class _Waiters:
@@ -101,17 +107,20 @@ class _Waiters:
     def for_any(self) -> trio.Event:
         return self.any
 
-    def changed(self, task_id: int | None) -> None:
-        if task_id is None:
+    def changed(self, task_ids: list[int] | None) -> None:
+        """Wake the waiters of ``task_ids`` (every waiter if None) and of any change."""
+        if task_ids is None:
             for event in self.by_task.values():
                 event.set()
             self.by_task.clear()
-        else:
-            event = self.by_task.pop(task_id, None)
-            if event is not None:
-                event.set()
-        self.any.set()
-        self.any = trio.Event()
+        elif self.by_task:
+            for task_id in task_ids:
+                event = self.by_task.pop(task_id, None)
+                if event is not None:
+                    event.set()
+        if task_ids is None or task_ids:
+            self.any.set()
+            self.any = trio.Event()
 
 
 async def _wait_changed(event: trio.Event, coalesce: float = 0.0) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import outcome
 import trio
 
 from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
@@ -72,7 +73,7 @@ class _Slot(Actor):
         # must not keep this slot busy for ever.
         self.rt.assigned.pop(self.ref, None)
         if self.rt.queen is not None:
-            await self.rt.queen.tell(SlotFree(self.pool, self.ref))
+            self.rt.queen.tell_nowait(SlotFree(self.pool, self.ref))  # unbounded mailbox
 
     async def _attempt(self, task: Task) -> None:
         rt = self.rt
@@ -373,10 +374,12 @@ class Planner(_Slot):
 class Queen(Actor):
     """Hands ready tasks to free slots, per pool, by priority then age.
 
-    Reacts to store events (coalesced) and to a periodic tick, on which it also sweeps
-    expired leases.  It never waits on a slot: it only assigns to slots it knows are
-    free.  Which slot holds which task lives in the runtime (``rt.assigned``), not in
-    the Queen, so a restarted Queen does not hand work to busy slots.
+    Reacts to store events and to a periodic tick, on which it also sweeps expired
+    leases.  It takes its mailbox in batches: every message already waiting (events,
+    freed slots, ticks) is read first, then one claim pass serves them all.  It never
+    waits on a slot: it only assigns to slots it knows are free.  Which slot holds
+    which task lives in the runtime (``rt.assigned``), not in the Queen, so a
+    restarted Queen does not hand work to busy slots.
     """
 
     def __init__(self, runtime: _Runtime, pools: Mapping[str, list[ActorRef]]) -> None:
@@ -384,46 +387,41 @@ class Queen(Actor):
         busy = runtime.assigned
         self.free = {pool: deque(s for s in slots if s not in busy) for pool, slots in pools.items()}
         self.free_set = {pool: set(free) for pool, free in self.free.items()}
-        self.pump_pending = False
         self.assigned = busy  # slot -> the task it was given and has not finished
 
     async def started(self) -> None:
         for topic in QUEEN_TOPICS:
             await self.system.bus.subscribe(topic, self.ref, buffer=64)
-        await self._request_pump()
+        self.ref.tell_nowait(Pump())  # a first pass for work already waiting
 
-    async def _request_pump(self) -> None:
-        if not self.pump_pending:
-            self.pump_pending = True
-            await self.ref.tell(Pump())
-
-    async def handle(self, message: Any) -> None:
+    async def handle_batch(self, messages: list[Any]) -> list[outcome.Outcome]:
         rt = self.rt
-        if isinstance(message, Pump):
-            self.pump_pending = False
-            await self._claim()
-        elif isinstance(message, SlotFree):
-            # A slot clears its own entry in the books (giving back, after a crash, a
-            # task it never started) before it says it is free: an entry there now
-            # is a newer assignment and this SlotFree is stale (sent before a
-            # restart of the Queen, which rebuilt its free lists from the books).
-            if message.slot in self.assigned:
-                log.debug("stale SlotFree from %s ignored", message.slot.name)
-            elif message.slot not in self.free_set[message.pool]:
-                self.free_set[message.pool].add(message.slot)
-                self.free[message.pool].append(message.slot)
-            await self._request_pump()
-        elif isinstance(message, Published):
-            event = message.payload
-            if message.topic == "task.cancelled":
-                rt.cancel_local(event.task_id)
-            await self._request_pump()
-        elif isinstance(message, Missed | Tick):
-            if isinstance(message, Tick) and message.sweep and not rt.closing:
-                await rt.store.sweep_leases()
-            await self._request_pump()
-        else:
-            raise TypeError(f"the Queen got {message!r}")
+        sweep = False
+        for message in messages:
+            if isinstance(message, SlotFree):
+                self._slot_free(message)
+            elif isinstance(message, Published):
+                if message.topic == "task.cancelled":
+                    rt.cancel_local(message.payload.task_id)
+            elif isinstance(message, Tick):
+                sweep = sweep or message.sweep
+            elif not isinstance(message, Missed | Pump):
+                raise TypeError(f"the Queen got {message!r}")
+        if sweep and not rt.closing:
+            await rt.store.sweep_leases()
+        await self._claim()
+        return [outcome.Value(None) for _ in messages]
+
+    def _slot_free(self, message: SlotFree) -> None:
+        # A slot clears its own entry in the books (giving back, after a crash, a
+        # task it never started) before it says it is free: an entry there now is a
+        # newer assignment and this SlotFree is stale (sent before a restart of the
+        # Queen, which rebuilt its free lists from the books).
+        if message.slot in self.assigned:
+            log.debug("stale SlotFree from %s ignored", message.slot.name)
+        elif message.slot not in self.free_set[message.pool]:
+            self.free_set[message.pool].add(message.slot)
+            self.free[message.pool].append(message.slot)
 
     async def _claim(self) -> None:
         rt = self.rt
