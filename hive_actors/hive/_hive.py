@@ -232,7 +232,8 @@ class Hive:
                 active = self._active(status)
                 if not any(active.values()):
                     return status
-                if not active[RUNNING] and not active[REVIEW] and await self._only_wait_for_people():
+                if (not active[RUNNING] and not active[REVIEW] and status["counts"].get(ESCALATED)
+                        and await self._only_wait_for_people()):
                     return status
                 await _wait_changed(changed, coalesce=_IDLE_COALESCE)
         raise TimeoutError(f"the hive was not idle within {timeout} s")

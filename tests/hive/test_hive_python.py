@@ -265,3 +265,23 @@ async def test_wait_idle_ignores_work_blocked_behind_an_escalation(tmp_path):
                 await trio.sleep(0.01)
         await hive.wait_idle(timeout=10)
         assert [t.status for t in await hive.list()] == ["done", "escalated", "queued"]
+
+
+async def test_wait_idle_reads_no_task_lists_without_escalations(tmp_path, monkeypatch):
+    # The escalation check lists queued tasks: without any escalated task it must not
+    # run, or each re-check while work waits costs a read of the whole queue.
+    config = HiveConfig(kinds={"k": KindConfig(backend=echo)})
+    async with open_hive(tmp_path / "hive.db", config) as hive:
+        lists = []
+        original = hive.store.list
+
+        async def counting_list(*args, **kw):
+            lists.append(args)
+            return await original(*args, **kw)
+
+        monkeypatch.setattr(hive.store, "list", counting_list)
+        for i in range(20):  # queued, not yet claimable, so nothing runs for a while
+            await hive.store.submit("k", f"t{i}", delay=0.3)
+        status = await hive.wait_idle(timeout=10)
+        assert status["counts"]["done"] == 20
+        assert lists == []
