@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ DEFAULT_MAILBOX_SIZE = 1024
 RESTART_TYPES = ("permanent", "transient", "temporary")
 _YIELD_EVERY = 256  # messages handled back to back before the loop yields to trio
 _BATCH_LIMIT = 512  # messages handed to one handle_batch() call at most
+_REPLY_NONE = object()  # handle_batch returned None: reply None to each ask
 
 
 class Actor:
@@ -34,7 +36,8 @@ class Actor:
 
     An actor may instead define ``async handle_batch(messages) -> list[outcome.Outcome]``:
     it then receives every message already waiting (up to 512) in one call and returns
-    one ``outcome.Value``/``outcome.Error`` per message, in order.  An ``Error``
+    one ``outcome.Value``/``outcome.Error`` per message, in order, or ``None`` when
+    every message was handled and each reply is ``None``.  An ``Error``
     outcome is re-raised in that message's asker only and is not a crash; an exception
     raised by ``handle_batch`` itself reaches every asker of the batch and is a crash.
     This is how the DB actor turns a burst of requests into one group commit.
@@ -351,7 +354,9 @@ class _ActorCell:
                     for message in messages:
                         await self.system.faults.before(self.name, message)
                 outcomes = await actor.handle_batch(messages)
-                if len(outcomes) != len(batch):
+                if outcomes is None:  # every message handled, each reply is None
+                    outcomes = itertools.repeat(_REPLY_NONE, len(batch))
+                elif len(outcomes) != len(batch):
                     raise TypeError(
                         f"{type(actor).__name__}.handle_batch returned {len(outcomes)} "
                         f"outcomes for {len(batch)} messages"
@@ -370,7 +375,7 @@ class _ActorCell:
             self.processed += len(batch)
             for item, result in zip(batch, outcomes, strict=True):
                 if type(item) is _Ask:
-                    item.deliver(result)
+                    item.deliver(outcome.Value(None) if result is _REPLY_NONE else result)
                 elif isinstance(result, outcome.Error):
                     log.error("actor %r: told message %r failed: %r", self.name, item, result.error)
 

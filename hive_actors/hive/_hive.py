@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import outcome
 import trio
 
 from ..actors import Actor, ActorRef, ActorSystem, Missed, Published, open_actor_system
@@ -77,7 +76,7 @@ class _Changes(Actor):
     def __init__(self, waiters: _Waiters) -> None:
         self.waiters = waiters
 
-    async def handle_batch(self, messages: list[Any]) -> list[outcome.Outcome]:
+    async def handle_batch(self, messages: list[Any]) -> None:
         task_ids: list[int] | None = []
         for message in messages:
             if isinstance(message, Published):
@@ -88,7 +87,7 @@ class _Changes(Actor):
                 task_ids = None  # events were lost: wake every waiter
         self.waiters.changed(task_ids)
         await trio.lowlevel.checkpoint()
-        return [outcome.Value(None) for _ in messages]
+        return None
 
 
 class _Waiters:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import outcome
 import trio
 
 from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
@@ -394,7 +393,7 @@ class Queen(Actor):
             await self.system.bus.subscribe(topic, self.ref, buffer=64)
         self.ref.tell_nowait(Pump())  # a first pass for work already waiting
 
-    async def handle_batch(self, messages: list[Any]) -> list[outcome.Outcome]:
+    async def handle_batch(self, messages: list[Any]) -> None:
         rt = self.rt
         sweep = False
         for message in messages:
@@ -410,7 +409,7 @@ class Queen(Actor):
         if sweep and not rt.closing:
             await rt.store.sweep_leases()
         await self._claim()
-        return [outcome.Value(None) for _ in messages]
+        return None
 
     def _slot_free(self, message: SlotFree) -> None:
         # A slot clears its own entry in the books (giving back, after a crash, a

@@ -259,6 +259,31 @@ async def test_handle_batch_gets_waiting_messages_together():
         assert system.stats().actors["b"].processed == 102
 
 
+async def test_handle_batch_may_return_none_for_all_none_replies():
+    class Counter(hive_actors.Actor):
+        def __init__(self):
+            self.seen = []
+
+        async def handle_batch(self, messages):
+            self.seen.extend(messages)
+            return None
+
+    async with hive_actors.open_actor_system() as system:
+        ref = await system.spawn(Counter, name="c")
+        ref.tell_nowait("told")
+        results = {}
+
+        async def ask(i):
+            results[i] = await ref.ask(i)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(ask, i)
+        assert results == {i: None for i in range(10)}
+        assert system.stats().actors["c"].processed == 11
+        assert system.stats().actors["c"].restarts == 0
+
+
 async def test_system_in_a_user_nursery():
     async with trio.open_nursery() as nursery:
         async with hive_actors.open_actor_system(nursery=nursery) as system:
