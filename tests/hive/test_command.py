@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -572,6 +573,12 @@ async def test_agent_dies_when_the_spawning_thread_ends(tmp_path):
     launcher = AgentLauncher()
 
     async def on_spawn(pgid: int) -> None:
+        # Once the agent's own program runs, its death signal is armed (the launcher
+        # arms it before the exec, in the child), so the thread may end now.
+        cmdline = Path(f"/proc/{pgid}/cmdline")
+        with trio.fail_after(5):
+            while b"hang.py" not in cmdline.read_bytes():
+                await trio.sleep(0.01)
         launcher._queue.put(_command._STOP)  # end the thread without close()
 
     try:
@@ -774,3 +781,16 @@ async def test_no_fd_or_zombie_is_left_behind(launcher, tmp_path):
     assert _open_fds() == before
     assert _zombie_children() == []
     assert launcher.live_pgids() == frozenset()
+
+
+@pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
+def test_an_agent_whose_hive_died_before_its_death_signal_was_armed_never_starts(tmp_path):
+    # The launcher arms the death signal in the child before the agent's exec; if the
+    # hive was already gone by then, the agent must not start (it would be an orphan).
+    prefix = _command._pdeathsig_prefix()
+    if prefix is None:
+        pytest.skip("setpriv --pdeathsig is not available: agents get a preexec_fn")
+    prefix[-1] = "1"  # as if the hive had died: the child's parent is not the hive
+    marker = tmp_path / "ran"
+    done = subprocess.run([*prefix, sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
+    assert done.returncode == 1 and not marker.exists()
