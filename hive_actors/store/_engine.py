@@ -145,7 +145,13 @@ def tail(output: str | bytes | None) -> str | None:
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    """``json.dumps(value)``, None for None; a circular value raises ValueError."""
+    if value is None:
+        return None
+    try:
+        return _dump_payload(value)
+    except RecursionError:  # the fast encoder does not track cycles: let json name it
+        return json.dumps(value)
 
 
 def _payload_encoder() -> Callable[[Any], str]:
