@@ -20,6 +20,7 @@ from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, ti
 log = logging.getLogger("hive_actors.hive")
 
 _ACTIVE = (QUEUED, RUNNING, REVIEW)  # statuses that keep a hive from being idle
+_WATCHED = (*_ACTIVE, ESCALATED)  # what wait_idle counts while it waits
 _POLL = 1.0  # seconds between re-reads of the database for changes made elsewhere
 _IDLE_COALESCE = 0.02  # wait_idle re-counts at most this often while work goes on
 
@@ -227,13 +228,15 @@ class Hive:
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 changed = self._waiters.for_any()
-                status = await self.status()
-                active = self._active(status)
+                # Only unfinished tasks are counted while waiting: a count of every
+                # status reads the whole history of finished tasks each time.
+                watched = await self.store.counts(_WATCHED)
+                active = self._active(watched)
                 if not any(active.values()):
-                    return status
-                if (not active[RUNNING] and not active[REVIEW] and status["counts"].get(ESCALATED)
+                    return await self.status()
+                if (not active[RUNNING] and not active[REVIEW] and watched["counts"][ESCALATED]
                         and await self._only_wait_for_people()):
-                    return status
+                    return await self.status()
                 await _wait_changed(changed, coalesce=_IDLE_COALESCE)
         raise TimeoutError(f"the hive was not idle within {timeout} s")
 
@@ -261,7 +264,7 @@ class Hive:
         if not queued or not queued.keys() <= blocked:
             return False
         # The reads above were separate transactions: confirm nothing else moved since.
-        now = self._active(await self.status())
+        now = self._active(await self.store.counts(_WATCHED))
         return now[QUEUED] == len(queued) and not now[RUNNING] and not now[REVIEW]
 
     def served_kinds(self) -> frozenset[str]:

@@ -1269,13 +1269,16 @@ class Engine:
         return [self._task(_Row._make(r)) for r in self._conn.execute(sql, args)]
 
     def _counts(self, op: m.Counts, now: float) -> dict[str, Any]:
-        counts = dict.fromkeys(STATUSES, 0)
+        statuses = STATUSES if op.statuses is None else op.statuses
+        sql, args = "SELECT kind, status, count(*) FROM tasks ", ()
+        if op.statuses is not None:  # a range read of the (status, kind) index
+            sql += f"WHERE status IN ({','.join('?' * len(statuses))}) "
+            args = statuses
+        counts = dict.fromkeys(statuses, 0)
         kinds: dict[str, dict[str, int]] = {}
-        for kind, status, n in self._conn.execute(
-            "SELECT kind, status, count(*) FROM tasks GROUP BY kind, status"
-        ):
+        for kind, status, n in self._conn.execute(sql + "GROUP BY kind, status", args):
             counts[status] += n
-            kinds.setdefault(kind, dict.fromkeys(STATUSES, 0))[status] = n
+            kinds.setdefault(kind, dict.fromkeys(statuses, 0))[status] = n
         return {"counts": counts, "kinds": kinds}
 
     def _events_since(self, op: m.EventsSince, now: float) -> list[Event]:

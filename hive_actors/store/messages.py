@@ -269,10 +269,22 @@ class ListTasks:
     after_id: int = 0
 
 
+def _statuses(_inst: object, attribute: attrs.Attribute, value: tuple[str, ...] | None) -> None:
+    from ._model import STATUSES
+
+    if value is not None and (not value or any(s not in STATUSES for s in value)):
+        raise ValueError(f"{attribute.name} must name task statuses {STATUSES}, got {value!r}")
+
+
 @attrs.frozen
 class Counts:
     """Count tasks by status and by kind: ``{"counts": {status: n}, "kinds": {kind:
-    {status: n}}}``."""
+    {status: n}}}``. With ``statuses``, only those are counted (and appear): a read
+    of those statuses' tasks only, however long the history of finished ones."""
+
+    statuses: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple), validator=_statuses
+    )
 
 
 @attrs.frozen

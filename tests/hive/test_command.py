@@ -577,8 +577,8 @@ async def test_agent_dies_when_the_spawning_thread_ends(tmp_path):
         # arms it before the exec, in the child), so the thread may end now.
         cmdline = Path(f"/proc/{pgid}/cmdline")
         with trio.fail_after(5):
-            while b"hang.py" not in cmdline.read_bytes():
-                await trio.sleep(0.01)
+            while cmdline.read_bytes().split(b"\0", 1)[0] != os.fsencode(sys.executable):
+                await trio.sleep(0.01)  # still setpriv or the /bin/sh check
         launcher._queue.put(_command._STOP)  # end the thread without close()
 
     try:

@@ -384,6 +384,10 @@ async def test_counts_and_list_filters(store):
     assert [t.title for t in await store.list(status=["queued", "cancelled"], kind="x")] == ["a"]
     with pytest.raises(ValueError):
         await store.list(status="nope")
+    some = await store.counts(statuses=["queued", "running"])
+    assert some == {"counts": {"queued": 1, "running": 0}, "kinds": {"y": {"queued": 1, "running": 0}}}
+    with pytest.raises(ValueError):
+        await store.counts(statuses=["nope"])
 
 
 def test_message_validation_at_the_boundary():
