@@ -385,8 +385,12 @@ async def open_hive(
                 await sup.spawn(role, runtime, pool, name=f"{pool}-{i}-{id(runtime)}", mailbox_size=4)
                 for i in range(size)
             ]
-        queen = await system.spawn(Queen, runtime, runtime.pools, name=f"queen-{id(runtime)}",
-                                   mailbox_size=math.inf)
+        # The Queen under a supervisor of its own: restarts of a crashing Queen do not
+        # use up the root supervisor's budget, which the DB actor depends on.
+        queen_sup = await system.spawn_supervisor(f"hive-queen-{id(runtime)}",
+                                                  max_restarts=10, within=10.0)
+        queen = await queen_sup.spawn(Queen, runtime, runtime.pools, name=f"queen-{id(runtime)}",
+                                      mailbox_size=math.inf)
         runtime.queen = queen
         hive = Hive(runtime, system, waiters)
         async with trio.open_nursery() as nursery:
@@ -398,7 +402,7 @@ async def open_hive(
                 with trio.CancelScope(shield=True):
                     await _shutdown(runtime, grace)
                     nursery.cancel_scope.cancel()
-                    await queen.stop()
+                    await queen_sup.stop()
                     for sup in reversed(supervisors):
                         await sup.stop()
                     await changes.stop()

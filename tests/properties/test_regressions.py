@@ -134,3 +134,20 @@ async def test_a_task_cancelled_before_its_attempt_started_never_runs(autojump_h
         assert (await hive.wait(other.id, timeout=100)).status == "done"
         assert [call.task_id for call in backend.calls] == [other.id]
         await check_invariants(hive, backends=[backend])
+
+
+async def test_a_queen_crashing_repeatedly_leaves_the_db_actor_alone(autojump_hive, autojump_clock):
+    # The Queen has a supervisor of its own: five crashes in a row (more than the root
+    # supervisor allows in its window) are restarts of the Queen, not the end of the
+    # system, and the DB actor keeps its own restart budget.
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        crash = crash_actor(hive, "queen", nth=None, message_type="Tick", times=5)
+        task = await hive.submit(kind="k", title="t")
+        await hive.wait_idle(timeout=1000)
+        while crash.hits < 5:
+            await trio.sleep(1)
+        assert (await hive.get(task.id)).status == "done"
+        later = await hive.submit(kind="k", title="after the crashes")
+        assert (await hive.wait(later.id, timeout=1000)).status == "done"
+        await check_invariants(hive, backends=[backend])
