@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -391,29 +392,42 @@ _PRINT_PDEATHSIG = (
 
 
 def _resolve_program(argv0: str, cwd: Path, env: Mapping[str, str]) -> str:
-    """The absolute path ``execvp`` would run for ``argv0``; raises ``FileNotFoundError``
-    or ``PermissionError`` as a direct spawn would (the wrapper would otherwise only
-    report it on stderr)."""
+    """The absolute path of the file ``execvp`` would run for ``argv0`` from ``cwd``
+    with ``env``'s PATH (relative and empty entries count from ``cwd``, as for a direct
+    spawn); raises ``FileNotFoundError`` or ``PermissionError`` as that spawn would (the
+    wrapper would otherwise report them only on the agent's stderr)."""
     if "\x00" in argv0:
         raise ValueError("embedded null byte")
+    if not argv0:
+        raise PermissionError(13, "Permission denied", argv0)
     if "/" in argv0:
-        path = os.path.join(cwd, argv0)
-        if not os.path.exists(path):
-            raise FileNotFoundError(2, "No such file or directory", argv0)
-        if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise PermissionError(13, "Permission denied", argv0)
-        return os.path.abspath(path)
-    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise FileNotFoundError(2, "No such file or directory", argv0)
-    return os.path.abspath(found) if not os.path.isabs(found) else found
+        candidates = [os.path.join(cwd, argv0)]
+    else:
+        candidates = [os.path.join(cwd, entry or ".", argv0) for entry in os.get_exec_path(env)]
+    denied = False
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return os.path.abspath(path)
+        denied = denied or os.path.exists(path)  # a directory or a file without x
+    if denied:
+        raise PermissionError(13, "Permission denied", argv0)
+    raise FileNotFoundError(2, "No such file or directory", argv0)
+
+
+# Environment names a POSIX shell passes on to the programs it starts (it drops others).
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _through_shell_keeps(env: Mapping[str, str]) -> bool:
+    """Whether the ``/bin/sh`` check would pass ``env`` on unchanged (bar ``PWD``)."""
+    return all(_SHELL_NAME.match(name) for name in env) and "PPID" not in env
 
 
 def _spawn_blocking(req: _SpawnRequest, preexec: Callable[[], None] | None,
                     prefix: list[str] | None = None) -> _Proc:
     """Runs in the launcher thread: workspace, log, pipes, Popen, pidfd. With
     ``prefix`` (see :func:`_pdeathsig_prefix`) the agent is started through it, without
-    ``preexec``."""
+    ``preexec``, unless its environment has names the shell would not pass on."""
     try:
         req.cwd.mkdir(parents=True, exist_ok=True)
         file = open(req.log_path, "ab", buffering=_LOG_BUFFER)  # closed by _Log
@@ -444,7 +458,7 @@ def _spawn_blocking(req: _SpawnRequest, preexec: Callable[[], None] | None,
         child_fds.append(child_err)
         try:
             argv = req.argv
-            if prefix is not None:
+            if prefix is not None and _through_shell_keeps(req.env):
                 argv = [*prefix, _resolve_program(argv[0], req.cwd, req.env), *argv[1:]]
                 preexec = None
             proc.popen = subprocess.Popen(
@@ -594,8 +608,6 @@ class AgentLauncher:
         self._closed = False
         self._live: set[int] = set()
         self._unreaped: list[subprocess.Popen[bytes]] = []
-        self._prefix = _pdeathsig_prefix()
-        self._preexec = None if self._prefix is not None else _pdeathsig_preexec()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -632,13 +644,17 @@ class AgentLauncher:
     # -- the thread ---------------------------------------------------------------
 
     def _main(self) -> None:
+        # How agents get their death signal is found out here, so that the check (it
+        # runs a child process, once per hive process) never blocks the trio thread.
+        prefix = _pdeathsig_prefix()
+        preexec = _pdeathsig_preexec()  # for environments the prefix cannot pass on
         get = self._queue.get
         while True:
             item = get()
             if item is _STOP:
                 return
             req, token, task = item
-            result = outcome.capture(_spawn_blocking, req, self._preexec, self._prefix)
+            result = outcome.capture(_spawn_blocking, req, preexec, prefix)
             try:
                 token.run_sync_soon(trio.lowlevel.reschedule, task, result)
             except trio.RunFinishedError:

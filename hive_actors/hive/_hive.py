@@ -87,8 +87,6 @@ class _Changes(Actor):
             elif isinstance(message, Missed):
                 task_ids = None  # events were lost: wake every waiter
         self.waiters.changed(task_ids)
-        await trio.lowlevel.checkpoint()
-        return None
 
 
 class _Waiters:
@@ -230,15 +228,21 @@ class Hive:
                 changed = self._waiters.for_any()
                 # Only unfinished tasks are counted while waiting: a count of every
                 # status reads the whole history of finished tasks each time.
-                watched = await self.store.counts(_WATCHED)
-                active = self._active(watched)
-                if not any(active.values()):
-                    return await self.status()
-                if (not active[RUNNING] and not active[REVIEW] and watched["counts"][ESCALATED]
-                        and await self._only_wait_for_people()):
-                    return await self.status()
+                if await self._idle(await self.store.counts(_WATCHED)):
+                    status = await self.status()
+                    if await self._idle(status):  # what is returned says idle too
+                        return status
+                    continue
                 await _wait_changed(changed, coalesce=_IDLE_COALESCE)
         raise TimeoutError(f"the hive was not idle within {timeout} s")
+
+    async def _idle(self, status: dict[str, Any]) -> bool:
+        """Whether counts (a ``status()``, or one of fewer statuses) show an idle hive."""
+        active = self._active(status)
+        if not any(active.values()):
+            return True
+        return (not active[RUNNING] and not active[REVIEW] and bool(status["counts"][ESCALATED])
+                and await self._only_wait_for_people())
 
     def _active(self, status: dict[str, Any]) -> dict[str, int]:
         """Tasks of the kinds served here per active status, from a ``status()``."""

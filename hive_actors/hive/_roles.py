@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
-from ..store import InvalidPlan, StaleLease, StoreError, Task
+from ..store import CANCELLED, InvalidPlan, StaleLease, StoreError, Task
 from ._model import Assign, Pump, SlotFree, Tick, Verdict, json_problem
 
 if TYPE_CHECKING:
@@ -391,11 +391,15 @@ class Queen(Actor):
     async def started(self) -> None:
         for topic in QUEEN_TOPICS:
             await self.system.bus.subscribe(topic, self.ref, buffer=64)
-        self.ref.tell_nowait(Pump())  # a first pass for work already waiting
+        # A crash of an earlier incarnation may have lost a task.cancelled event with
+        # the rest of its batch.
+        await self._find_cancellations()
+        self.ref.tell_nowait(Pump())  # a first pass for work already waiting (unbounded mailbox)
 
     async def handle_batch(self, messages: list[Any]) -> None:
         rt = self.rt
-        sweep = False
+        sweep = missed = False
+        unknown = []
         for message in messages:
             if isinstance(message, SlotFree):
                 self._slot_free(message)
@@ -404,12 +408,36 @@ class Queen(Actor):
                     rt.cancel_local(message.payload.task_id)
             elif isinstance(message, Tick):
                 sweep = sweep or message.sweep
-            elif not isinstance(message, Missed | Pump):
-                raise TypeError(f"the Queen got {message!r}")
+            elif isinstance(message, Missed):
+                missed = True
+            elif not isinstance(message, Pump):
+                unknown.append(message)
+        if unknown:  # after the others were handled: a crash loses only these
+            raise TypeError(f"the Queen got {unknown[0]!r}")
+        if missed:
+            await self._find_cancellations()
         if sweep and not rt.closing:
             await rt.store.sweep_leases()
         await self._claim()
         return None
+
+    async def _find_cancellations(self) -> None:
+        """Stop the attempts (and unstarted assignments) of tasks cancelled without
+        the Queen seeing the event: read each such task's status from the store."""
+        rt = self.rt
+        ids = set(rt.attempts) | {task.id for task in rt.assigned.values()}
+
+        async def check(task_id: int) -> None:
+            try:
+                task = await rt.store.get(task_id)
+            except StoreError:
+                return  # the next crash recovery or heartbeat will tell
+            if task.status == CANCELLED:
+                rt.cancel_local(task_id)
+
+        async with trio.open_nursery() as nursery:  # one transaction for all reads
+            for task_id in ids:
+                nursery.start_soon(check, task_id)
 
     def _slot_free(self, message: SlotFree) -> None:
         # A slot clears its own entry in the books (giving back, after a crash, a

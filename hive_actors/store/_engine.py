@@ -155,8 +155,9 @@ def _json(value: Any) -> str | None:
 
 
 def _payload_encoder() -> Callable[[Any], str]:
-    """``json.dumps`` for event payloads (dicts the engine builds, of JSON values),
-    without building a new encoder per call."""
+    """``json.dumps`` (same output) without building a new encoder per call, for event
+    payloads and results. It does not track cycles: a circular value ends in
+    RecursionError (see ``_json``)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return json.dumps

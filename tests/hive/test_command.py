@@ -794,3 +794,34 @@ def test_an_agent_whose_hive_died_before_its_death_signal_was_armed_never_starts
     marker = tmp_path / "ran"
     done = subprocess.run([*prefix, sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
     assert done.returncode == 1 and not marker.exists()
+
+
+async def test_environment_names_a_shell_would_drop_still_reach_the_agent(launcher, tmp_path):
+    res = await launcher.run(agent("echo.py"), make_task(), workspace=tmp_path, attempt=1,
+                             timeout=30, extra_env={"HIVE_ODD-NAME": "kept", "HIVE_X": "y"})
+    assert res.ok, res.error
+    assert res.result["env"]["HIVE_ODD-NAME"] == "kept" and res.result["env"]["HIVE_X"] == "y"
+    if LINUX:
+        assert res.result["pdeathsig"] == signal.SIGKILL
+
+
+def test_program_lookup_follows_execvp_from_the_agent_workspace(tmp_path):
+    workspace = tmp_path / "ws"
+    (workspace / "bin").mkdir(parents=True)
+    tool = workspace / "bin" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (workspace / "plain").write_text("not executable")
+    resolve = _command._resolve_program
+    assert resolve("tool", workspace, {"PATH": "bin:/usr/bin"}) == str(tool)  # relative entry
+    assert resolve("bin/tool", workspace, {"PATH": ""}) == str(tool)  # a path: from cwd
+    assert resolve("tool", workspace / "bin", {"PATH": "/nonexistent:"}) == str(tool)  # empty = cwd
+    assert resolve(sys.executable, workspace, {}) == os.path.abspath(sys.executable)
+    with pytest.raises(PermissionError):
+        resolve("plain", workspace, {"PATH": "."})
+    with pytest.raises(PermissionError):
+        resolve("bin", workspace, {"PATH": "."})  # a directory
+    with pytest.raises(FileNotFoundError):
+        resolve("tool", workspace, {"PATH": "/nonexistent"})
+    with pytest.raises(ValueError):
+        resolve("a\x00b", workspace, {"PATH": "."})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 
 from hive_actors.hive import HiveConfig, KindConfig
-from hive_actors.hive._model import SlotFree
+from hive_actors.hive._model import SlotFree, Tick
 from hive_actors.testing import (
     Script,
     ScriptedBackend,
@@ -151,3 +151,27 @@ async def test_a_queen_crashing_repeatedly_leaves_the_db_actor_alone(autojump_hi
         later = await hive.submit(kind="k", title="after the crashes")
         assert (await hive.wait(later.id, timeout=1000)).status == "done"
         await check_invariants(hive, backends=[backend])
+
+
+async def test_a_cancel_lost_in_a_queen_crash_still_stops_the_attempt(autojump_hive, autojump_clock):
+    # Found in review: the Queen takes its mailbox in batches, so a crash drops the
+    # task.cancelled event of the same batch; the restarted Queen must still stop the
+    # attempt at once (not a heartbeat later, when the lease check would).
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        slow = await hive.submit(kind="k", title="slow", prompt=Script(sleep=1000.0).prompt())
+        while not hive.running():
+            await trio.sleep(0.1)
+        faults, pattern = hive.system.faults, actor_pattern(hive, "queen")
+        busy, fatal = Tick(sweep=False), Tick(sweep=False)
+        faults.delay(pattern, 1.0, when=lambda m: m is busy, times=1)  # the Queen is held...
+        crash = faults.crash(pattern, when=lambda m: m is fatal, times=1)
+        hive._rt.queen.tell_nowait(busy)
+        await trio.sleep(0.1)
+        start = trio.current_time()
+        await hive.store.cancel(slow.id, actor="another process")  # ...while these queue up
+        hive._rt.queen.tell_nowait(fatal)
+        while hive.running():
+            await trio.sleep(0.01)
+        assert crash.hits == 1
+        assert trio.current_time() - start < 2.0  # a heartbeat would take lease/3 = 10 s
