@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from ..actors import Actor, ActorRef, ActorSystem, Missed, Published, open_actor_system
+from ..actors import ActorRef, ActorSystem, Published, open_actor_system
 from ..store import ESCALATED, QUEUED, REVIEW, RUNNING, Event, Task, open_store
 from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, tick_queen
 
@@ -71,30 +71,14 @@ class _Runtime:
             await trio.lowlevel.checkpoint()
 
 
-class _Changes(Actor):
-    """Wakes the Hive's waiters when the store publishes events (a batch at a time)."""
-
-    def __init__(self, waiters: _Waiters) -> None:
-        self.waiters = waiters
-
-    async def handle_batch(self, messages: list[Any]) -> None:
-        task_ids: list[int] | None = []
-        for message in messages:
-            if isinstance(message, Published):
-                event = message.payload
-                if isinstance(event, Event) and event.seq is not None and task_ids is not None:
-                    task_ids.append(event.task_id)
-            elif isinstance(message, Missed):
-                task_ids = None  # events were lost: wake every waiter
-        self.waiters.changed(task_ids)
-
-
 class _Waiters:
-    """Per-task and hive-wide trio Events, replaced each time they fire."""
+    """Per-task and hive-wide trio Events, set when the store publishes an event
+    about them (``on_event`` is a bus listener) and replaced once they fire."""
 
     def __init__(self) -> None:
         self.by_task: dict[int, trio.Event] = {}
         self.any = trio.Event()
+        self._any_waited = False  # for_any() handed out self.any since it was last set
 
     def for_task(self, task_id: int) -> trio.Event:
         event = self.by_task.get(task_id)
@@ -103,20 +87,19 @@ class _Waiters:
         return event
 
     def for_any(self) -> trio.Event:
+        self._any_waited = True
         return self.any
 
-    def changed(self, task_ids: list[int] | None) -> None:
-        """Wake the waiters of ``task_ids`` (every waiter if None) and of any change."""
-        if task_ids is None:
-            for event in self.by_task.values():
-                event.set()
-            self.by_task.clear()
-        elif self.by_task:
-            for task_id in task_ids:
-                event = self.by_task.pop(task_id, None)
-                if event is not None:
-                    event.set()
-        if task_ids is None or task_ids:
+    def on_event(self, message: Published) -> None:
+        event = message.payload
+        if not isinstance(event, Event) or event.seq is None:
+            return  # not a persisted store event (a heartbeat, say): nothing to re-read
+        if self.by_task:
+            waiting = self.by_task.pop(event.task_id, None)
+            if waiting is not None:
+                waiting.set()
+        if self._any_waited:
+            self._any_waited = False
             self.any.set()
             self.any = trio.Event()
 
@@ -376,9 +359,7 @@ async def open_hive(
         if clock is not None:
             runtime.clock = clock
         waiters = _Waiters()
-        changes = await system.spawn(_Changes, waiters, name=f"hive-changes-{id(runtime)}")
-        await system.bus.subscribe("task.*", changes, buffer=4096)
-        await system.bus.subscribe("plan.*", changes, buffer=4096)
+        listeners = [system.bus.listen(pattern, waiters.on_event) for pattern in ("task.*", "plan.*")]
         supervisors = []
         for pool, (role, size) in _pools(config).items():
             sup = await system.spawn_supervisor(
@@ -409,7 +390,8 @@ async def open_hive(
                     await queen_sup.stop()
                     for sup in reversed(supervisors):
                         await sup.stop()
-                    await changes.stop()
+                    for listener in listeners:
+                        listener.cancel()
 
 
 async def _keep_leases(runtime: _Runtime) -> None:
