@@ -13,9 +13,19 @@ from typing import Any
 
 import trio
 
-from ..actors import ActorRef, ActorSystem, Published, open_actor_system
+from ..actors import ActorRef, ActorStopped, ActorSystem, Published, open_actor_system
 from ..store import ESCALATED, QUEUED, REVIEW, RUNNING, Event, Task, open_store
-from ._roles import PLAN_KIND, REVIEW_POOL, Planner, Queen, Reviewer, Worker, tick_queen
+from ._model import Pump
+from ._roles import (
+    PLAN_KIND,
+    QUEEN_TOPICS,
+    REVIEW_POOL,
+    Planner,
+    Queen,
+    Reviewer,
+    Worker,
+    tick_queen,
+)
 
 log = logging.getLogger("hive_actors.hive")
 
@@ -42,6 +52,7 @@ class _Runtime:
         self.clock = time.time  # the store's clock (leases are in its time)
         self._drained = trio.Event()
         self.queen: ActorRef | None = None
+        self.pump_pending = False  # a Pump waits in the Queen's mailbox
         self.pools: dict[str, list[ActorRef]] = {}
         self.closing = False
 
@@ -53,6 +64,22 @@ class _Runtime:
             slot.cancel_attempt("cancelled")
         elif any(task.id == task_id for task in self.assigned.values()):
             self.cancelled.add(task_id)
+
+    def on_event(self, message: Published) -> None:
+        """Bus listener for the Queen's topics: stop a cancelled task's attempt here,
+        and ask the Queen for a claim pass (one Pump at a time)."""
+        if message.topic == "task.cancelled":
+            self.cancel_local(message.payload.task_id)
+        self.request_pump()
+
+    def request_pump(self) -> None:
+        """Make sure a Pump waits in the Queen's (unbounded) mailbox."""
+        if not self.pump_pending and self.queen is not None:
+            try:
+                self.queen.tell_nowait(Pump())
+            except ActorStopped:
+                return
+            self.pump_pending = True
 
     def attempt_started(self, task_id: int, slot: Any) -> None:
         self.attempts[task_id] = slot
@@ -377,6 +404,7 @@ async def open_hive(
         queen = await queen_sup.spawn(Queen, runtime, runtime.pools, name=f"queen-{id(runtime)}",
                                       mailbox_size=math.inf)
         runtime.queen = queen
+        listeners += [system.bus.listen(topic, runtime.on_event) for topic in QUEEN_TOPICS]
         hive = Hive(runtime, system, waiters)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(tick_queen, queen, tick)

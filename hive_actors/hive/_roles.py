@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..actors import Actor, ActorRef, ActorStopped, MailboxFull, Missed, Published
-from ..store import CANCELLED, InvalidPlan, StaleLease, StoreError, Task
+from ..actors import Actor, ActorRef, ActorStopped, MailboxFull
+from ..store import InvalidPlan, StaleLease, StoreError, Task
 from ._model import Assign, Pump, SlotFree, Tick, Verdict, json_problem
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ log = logging.getLogger("hive_actors.hive")
 PLAN_KIND = "plan"
 REVIEW_POOL = "review"
 
-# What the Queen listens to: anything that can make a task claimable or a slot free.
+# What the Queen is woken by: anything that can make a task claimable or a slot free.
 QUEEN_TOPICS = ("task.queued", "task.done", "task.review", "task.cancelled", "plan.stored",
                 "task.recovered", "task.retrying", "task.rejected")
 
@@ -373,9 +373,10 @@ class Planner(_Slot):
 class Queen(Actor):
     """Hands ready tasks to free slots, per pool, by priority then age.
 
-    Reacts to store events and to a periodic tick, on which it also sweeps expired
-    leases.  It takes its mailbox in batches: every message already waiting (events,
-    freed slots, ticks) is read first, then one claim pass serves them all.  It never
+    Reacts to store events (a ``Pump`` from the runtime's bus listener), freed slots
+    and a periodic tick, on which it also sweeps expired leases.  It takes its mailbox
+    in batches: every message already waiting is read first, then one claim pass
+    serves them all.  It never
     waits on a slot: it only assigns to slots it knows are free.  Which slot holds
     which task lives in the runtime (``rt.assigned``), not in the Queen, so a
     restarted Queen does not hand work to busy slots.
@@ -389,55 +390,30 @@ class Queen(Actor):
         self.assigned = busy  # slot -> the task it was given and has not finished
 
     async def started(self) -> None:
-        for topic in QUEEN_TOPICS:
-            await self.system.bus.subscribe(topic, self.ref, buffer=64)
-        # A crash of an earlier incarnation may have lost a task.cancelled event with
-        # the rest of its batch.
-        await self._find_cancellations()
-        self.ref.tell_nowait(Pump())  # a first pass for work already waiting (unbounded mailbox)
+        # Events reach the runtime's bus listener (``_Runtime.on_event``), which stops
+        # cancelled attempts at once and asks the Queen for a claim pass with a Pump:
+        # none is lost while the Queen restarts. A first pass for work already waiting:
+        self.rt.pump_pending = False
+        self.rt.request_pump()
 
     async def handle_batch(self, messages: list[Any]) -> None:
         rt = self.rt
-        sweep = missed = False
+        rt.pump_pending = False  # events from now on ask for another pass
+        sweep = False
         unknown = []
         for message in messages:
             if isinstance(message, SlotFree):
                 self._slot_free(message)
-            elif isinstance(message, Published):
-                if message.topic == "task.cancelled":
-                    rt.cancel_local(message.payload.task_id)
             elif isinstance(message, Tick):
                 sweep = sweep or message.sweep
-            elif isinstance(message, Missed):
-                missed = True
             elif not isinstance(message, Pump):
                 unknown.append(message)
         if unknown:  # after the others were handled: a crash loses only these
             raise TypeError(f"the Queen got {unknown[0]!r}")
-        if missed:
-            await self._find_cancellations()
         if sweep and not rt.closing:
             await rt.store.sweep_leases()
         await self._claim()
         return None
-
-    async def _find_cancellations(self) -> None:
-        """Stop the attempts (and unstarted assignments) of tasks cancelled without
-        the Queen seeing the event: read each such task's status from the store."""
-        rt = self.rt
-        ids = set(rt.attempts) | {task.id for task in rt.assigned.values()}
-
-        async def check(task_id: int) -> None:
-            try:
-                task = await rt.store.get(task_id)
-            except StoreError:
-                return  # the next crash recovery or heartbeat will tell
-            if task.status == CANCELLED:
-                rt.cancel_local(task_id)
-
-        async with trio.open_nursery() as nursery:  # one transaction for all reads
-            for task_id in ids:
-                nursery.start_soon(check, task_id)
 
     def _slot_free(self, message: SlotFree) -> None:
         # A slot clears its own entry in the books (giving back, after a crash, a
