@@ -197,7 +197,8 @@ class Hive:
         return task
 
     async def retry(self, task_id: int) -> Task:
-        """Put a failed or cancelled task back in the queue with a fresh attempt budget."""
+        """Put a failed or cancelled task back in the queue with a fresh attempt budget,
+        with the dependents that were cancelled because of it (see ``Store.retry``)."""
         return await self.store.retry(task_id, actor="person")
 
     async def review(self, task_id: int, *, approve: bool, feedback: str | None = None) -> Task:

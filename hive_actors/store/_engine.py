@@ -1167,11 +1167,39 @@ class Engine:
                 f"{', '.join(map(str, broken))} failed or were cancelled; retry them first",
                 broken,
             )
-        pending = sum(1 for s in found.values() if s != DONE)
+        new = self._requeue(op, now, row, found, {"retry": True})
+        self._revive_dependents(op, now, row.id)
+        return self._task(new)
+
+    def _requeue(self, op: Any, now: float, row: _Row, dep_status: Mapping[int, str],
+                 extra: Mapping[str, Any]) -> _Row:
+        """Queue a failed or cancelled task again, with a fresh attempt budget."""
+        pending = sum(1 for s in dep_status.values() if s != DONE)
         new = self._update(row, now, status=QUEUED, attempts_base=row.attempts,
                            not_before=now, error=None, pending_deps=pending, **_NO_LEASE)
-        self._emit(op, now, "task.queued", new, {"retry": True})
-        return self._task(new)
+        self._emit(op, now, "task.queued", new, extra)
+        return new
+
+    def _revive_dependents(self, op: Any, now: float, task_id: int) -> None:
+        """After a retry of ``task_id``: queue again, transitively, the dependents the
+        cascade cancelled because of it (their error names it), unless another of
+        their dependencies is still failed or cancelled."""
+        stack = [task_id]
+        while stack:
+            cause = stack.pop()
+            cancelled = self._conn.execute(
+                f"SELECT {_COLS} FROM tasks WHERE id IN "
+                "(SELECT task_id FROM task_deps WHERE depends_on = ?) "
+                "AND status = 'cancelled' AND error IN (?, ?) ORDER BY id",
+                (cause, f"dependency {cause} {FAILED}", f"dependency {cause} {CANCELLED}"),
+            ).fetchall()
+            for raw in cancelled:
+                row = _Row._make(raw)
+                found = self._statuses(self._deps(row.id))
+                if any(s in (FAILED, CANCELLED) for s in found.values()):
+                    continue
+                self._requeue(op, now, row, found, {"retry": True, "cause": task_id})
+                stack.append(row.id)
 
     def _sweep(self, op: m.SweepLeases, now: float) -> list[Task]:
         rows = self._conn.execute(

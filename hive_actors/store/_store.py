@@ -219,8 +219,11 @@ class Store:
         return await self.ref.ask(m.Cancel(task_id, reason, **kw))
 
     async def retry(self, task_id: int, **kw: Any) -> Task:
-        """``failed``/``cancelled`` → ``queued`` with a fresh attempt budget.
-        ``DependencyError`` if a dependency failed or was cancelled."""
+        """``failed``/``cancelled`` → ``queued`` with a fresh attempt budget; the
+        dependents cancelled because of this task come back too (transitively, each
+        with a fresh budget, unless another of its dependencies is failed or
+        cancelled). ``DependencyError`` if a dependency failed or was cancelled.
+        Returns the retried task."""
         return await self.ref.ask(m.Retry(task_id, **kw))
 
     async def sweep_leases(self) -> list[Task]:

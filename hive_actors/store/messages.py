@@ -235,7 +235,9 @@ class Cancel:
 
 @attrs.frozen
 class Retry:
-    """Re-queue a ``failed`` or ``cancelled`` task with a fresh attempt budget."""
+    """Re-queue a ``failed`` or ``cancelled`` task with a fresh attempt budget, and,
+    transitively, the dependents cancelled because it failed or was cancelled (unless
+    another of their dependencies still is)."""
 
     task_id: int
     actor: str | None = _actor

@@ -285,3 +285,23 @@ async def test_wait_idle_reads_no_task_lists_without_escalations(tmp_path, monke
         status = await hive.wait_idle(timeout=10)
         assert status["counts"]["done"] == 20
         assert lists == []
+
+
+async def test_retrying_a_failed_task_brings_back_what_its_failure_cancelled(tmp_path):
+    calls = []
+
+    async def fails_once(task):
+        calls.append(task.title)
+        if calls == ["root"]:
+            raise RuntimeError("the first run fails")
+        return {"ok": task.title}
+
+    config = HiveConfig(kinds={"k": KindConfig(backend=fails_once, max_attempts=1, review=False)})
+    async with open_hive(tmp_path / "hive.db", config) as hive:
+        root = await hive.submit(kind="k", title="root")
+        child = await hive.submit(kind="k", title="child", depends_on=[root.id])
+        grandchild = await hive.submit(kind="k", title="grandchild", depends_on=[child.id])
+        assert (await hive.wait(grandchild.id, timeout=10)).status == "cancelled"
+        await hive.retry(root.id)
+        assert (await hive.wait(grandchild.id, timeout=10)).status == "done"
+        assert calls == ["root", "root", "child", "grandchild"]

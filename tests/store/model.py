@@ -31,6 +31,7 @@ class MTask:
     lease: float | None = None
     not_before: float = 0.0
     feedback: str | None = None
+    cause: int | None = None  # the dependency whose end cancelled it (the cascade)
 
 
 class Model:
@@ -69,7 +70,7 @@ class Model:
                 t = self.tasks[tid]
                 if t.status in ("running", "review"):
                     t.token += 1
-                t.status, t.lease = "cancelled", None
+                t.status, t.lease, t.cause = "cancelled", None, cause
                 events.append(("task.cancelled", tid))
                 stack.append(tid)
 
@@ -90,8 +91,9 @@ class Model:
         t = MTask(self.next_id, kind, priority, tuple(sorted(set(deps))), max_attempts,
                   retry_delay, not_before=now)
         self.next_id += 1
-        if any(self.tasks[d].status in ("failed", "cancelled") for d in deps):
-            t.status = "cancelled"
+        broken = [d for d in t.deps if self.tasks[d].status in ("failed", "cancelled")]
+        if broken:
+            t.status, t.cause = "cancelled", broken[0]
             events.append(("task.cancelled", t.id))
         else:
             events.append(("task.queued", t.id))
@@ -209,7 +211,7 @@ class Model:
             raise IllegalTransition(task_id, t.status, "cancel")
         if t.status in ("running", "review"):
             t.token += 1
-        t.status, t.lease = "cancelled", None
+        t.status, t.lease, t.cause = "cancelled", None, None
         events.append(("task.cancelled", t.id))
         self._cascade(t.id, events)
         return t
@@ -220,8 +222,19 @@ class Model:
             raise IllegalTransition(task_id, t.status, "retry")
         if any(self.tasks[d].status in ("failed", "cancelled") for d in t.deps):
             raise DependencyError("blocked")
-        t.status, t.base, t.not_before, t.lease = "queued", t.attempts, now, None
+        t.status, t.base, t.not_before, t.lease, t.cause = "queued", t.attempts, now, None, None
         events.append(("task.queued", t.id))
+        stack = [t.id]  # dependents the cascade cancelled because of it come back
+        while stack:
+            cause = stack.pop()
+            for tid in sorted(d.id for d in self.tasks.values()
+                              if d.status == "cancelled" and d.cause == cause):
+                d = self.tasks[tid]
+                if any(self.tasks[x].status in ("failed", "cancelled") for x in d.deps):
+                    continue
+                d.status, d.base, d.not_before, d.lease, d.cause = "queued", d.attempts, now, None, None
+                events.append(("task.queued", tid))
+                stack.append(tid)
         return t
 
     def sweep(self, now, delays, events):

@@ -199,7 +199,30 @@ async def test_fail_without_retry_cascades_to_dependents(store):
     with pytest.raises(DependencyError):
         await store.retry(b.id)  # a is still failed
     assert (await store.retry(a.id)).status == "queued"
-    assert (await store.retry(b.id)).status == "queued"
+    # what the cascade cancelled because of a comes back with it, transitively
+    for task in (b, c, late):
+        back = await store.get(task.id)
+        assert (back.status, back.error) == ("queued", None)
+
+
+async def test_retry_leaves_dependents_cancelled_for_another_reason(store):
+    a = await store.submit("k", "a")
+    other = await store.submit("k", "other")
+    both = await store.submit("k", "needs a and other", depends_on=[a.id, other.id])
+    mine = await store.submit("k", "cancelled by a person", depends_on=[a.id])
+    await store.cancel(mine.id)
+    await store.cancel(other.id)  # cancels `both` too (its error names `other`)
+    await store.cancel(a.id)
+    await store.retry(a.id)
+    assert (await store.get(mine.id)).status == "cancelled"  # a person's decision
+    assert (await store.get(both.id)).status == "cancelled"  # `other` is still cancelled
+    await store.retry(other.id)
+    assert (await store.get(both.id)).status == "queued"
+    events = [e for e in await store.events_since(0) if e.task_id == both.id]
+    assert events[-1].type == "task.queued" and events[-1].payload["cause"] == other.id
+    assert events[-1].payload["retry"] is True
+    with pytest.raises(IllegalTransition):
+        await store.retry(both.id)  # already queued again
 
 
 async def test_review_cycle(store):
