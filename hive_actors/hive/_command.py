@@ -595,7 +595,9 @@ class AgentLauncher:
     - each agent leads its own session and process group (``pgid == pid``), runs with
       ``close_fds``, ``cwd=workspace`` (created if missing) and the environment
       ``os.environ`` + ``extra_env`` + ``HIVE_TASK_JSON``, ``HIVE_TASK_ID``,
-      ``HIVE_WORKSPACE``, ``HIVE_ATTEMPT``; no shell is ever involved;
+      ``HIVE_WORKSPACE``, ``HIVE_ATTEMPT`` (and ``PWD``, the workspace, when started
+      through ``setpriv``); no shell ever parses the task's text (the ``/bin/sh``
+      check before the agent gets the argv as ``"$@"``);
     - when a run ends, for any reason, the agent's whole process group has been sent
       SIGKILL and the leader has been reaped (no orphans in the group, no zombies);
     - :meth:`close` kills the groups of agents still running and lets the thread exit.

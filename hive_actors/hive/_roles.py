@@ -376,10 +376,9 @@ class Queen(Actor):
     Reacts to store events (a ``Pump`` from the runtime's bus listener), freed slots
     and a periodic tick, on which it also sweeps expired leases.  It takes its mailbox
     in batches: every message already waiting is read first, then one claim pass
-    serves them all.  It never
-    waits on a slot: it only assigns to slots it knows are free.  Which slot holds
-    which task lives in the runtime (``rt.assigned``), not in the Queen, so a
-    restarted Queen does not hand work to busy slots.
+    serves them all.  It never waits on a slot: it only assigns to slots it knows are
+    free.  Which slot holds which task lives in the runtime (``rt.assigned``), not in
+    the Queen, so a restarted Queen does not hand work to busy slots.
     """
 
     def __init__(self, runtime: _Runtime, pools: Mapping[str, list[ActorRef]]) -> None:
@@ -413,7 +412,6 @@ class Queen(Actor):
         if sweep and not rt.closing:
             await rt.store.sweep_leases()
         await self._claim()
-        return None
 
     def _slot_free(self, message: SlotFree) -> None:
         # A slot clears its own entry in the books (giving back, after a crash, a
