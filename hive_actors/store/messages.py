@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
+from ._model import STATUSES
+
 _pos_int = [v.instance_of(int), v.ge(1)]
 
 
@@ -272,8 +274,6 @@ class ListTasks:
 
 
 def _statuses(_inst: object, attribute: attrs.Attribute, value: tuple[str, ...] | None) -> None:
-    from ._model import STATUSES
-
     if value is not None and (not value or any(s not in STATUSES for s in value)):
         raise ValueError(f"{attribute.name} must name task statuses {STATUSES}, got {value!r}")
 
