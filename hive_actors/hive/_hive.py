@@ -74,7 +74,7 @@ class _Runtime:
 
     def request_pump(self) -> None:
         """Make sure a Pump waits in the Queen's (unbounded) mailbox."""
-        if not self.pump_pending and self.queen is not None:
+        if not self.pump_pending and self.queen is not None and self.queen.alive:
             try:
                 self.queen.tell_nowait(Pump())
             except ActorStopped:
@@ -83,6 +83,7 @@ class _Runtime:
 
     def attempt_started(self, task_id: int, slot: Any) -> None:
         self.attempts[task_id] = slot
+        self.cancelled.discard(task_id)
 
     def attempt_ended(self, task_id: int) -> None:
         self.attempts.pop(task_id, None)
@@ -129,6 +130,12 @@ class _Waiters:
             self._any_waited = False
             self.any.set()
             self.any = trio.Event()
+
+
+def _unfinished(status: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """The non-zero counts of ``_WATCHED`` statuses per (kind, status) in ``status``."""
+    return {(kind, s): n for kind, counts in status["kinds"].items()
+            for s, n in counts.items() if s in _WATCHED and n}
 
 
 async def _wait_changed(event: trio.Event, coalesce: float = 0.0) -> None:
@@ -192,13 +199,12 @@ class Hive:
 
     async def cancel(self, task_id: int) -> Task:
         """Cancel a task (and its unfinished dependents); a running agent is killed."""
-        task = await self.store.cancel(task_id, actor="person")
-        self._rt.cancel_local(task_id)
-        return task
+        # The runtime's bus listener stops the attempt here, as the store publishes.
+        return await self.store.cancel(task_id, actor="person")
 
     async def retry(self, task_id: int) -> Task:
         """Put a failed or cancelled task back in the queue with a fresh attempt budget,
-        with the dependents that were cancelled because of it (see ``Store.retry``)."""
+        with the dependents its end cancelled (see ``Store.retry``)."""
         return await self.store.retry(task_id, actor="person")
 
     async def review(self, task_id: int, *, approve: bool, feedback: str | None = None) -> Task:
@@ -239,9 +245,10 @@ class Hive:
                 changed = self._waiters.for_any()
                 # Only unfinished tasks are counted while waiting: a count of every
                 # status reads the whole history of finished tasks each time.
-                if await self._idle(await self.store.counts(_WATCHED)):
+                watched = await self.store.counts(_WATCHED)
+                if await self._idle(watched):
                     status = await self.status()
-                    if await self._idle(status):  # what is returned says idle too
+                    if _unfinished(status) == _unfinished(watched):  # nothing moved since
                         return status
                     continue
                 await _wait_changed(changed, coalesce=_IDLE_COALESCE)
@@ -387,7 +394,6 @@ async def open_hive(
         if clock is not None:
             runtime.clock = clock
         waiters = _Waiters()
-        listeners = [system.bus.listen(pattern, waiters.on_event) for pattern in ("task.*", "plan.*")]
         supervisors = []
         for pool, (role, size) in _pools(config).items():
             sup = await system.spawn_supervisor(
@@ -405,6 +411,7 @@ async def open_hive(
         queen = await queen_sup.spawn(Queen, runtime, runtime.pools, name=f"queen-{id(runtime)}",
                                       mailbox_size=math.inf)
         runtime.queen = queen
+        listeners = [system.bus.listen(pattern, waiters.on_event) for pattern in ("task.*", "plan.*")]
         listeners += [system.bus.listen(topic, runtime.on_event) for topic in QUEEN_TOPICS]
         hive = Hive(runtime, system, waiters)
         async with trio.open_nursery() as nursery:

@@ -48,7 +48,8 @@ class SlotFree:
 
 @attrs.frozen
 class Pump:
-    """Queen → itself: claim work for free slots (coalesces bursts of events)."""
+    """→ Queen: claim work for free slots. Left by the runtime's bus listener when
+    store events say work may be ready (one at a time), and by the Queen at start."""
 
 
 @attrs.frozen

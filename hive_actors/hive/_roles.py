@@ -95,16 +95,16 @@ class _Slot(Actor):
         starts: the message may have waited in a stalled mailbox while the task was
         cancelled, or its lease ran out and the task was swept or claimed again."""
         rt = self.rt
-        if task.id in rt.cancelled:
-            rt.cancelled.discard(task.id)
-            return False
         margin = rt.lease_seconds / 3  # a lease this close to its end is verified
-        if task.lease_expires_at is not None and rt.clock() < task.lease_expires_at - margin:
-            return True
-        try:
-            await rt.store.heartbeat(task.id, task.fencing_token, rt.lease_seconds)
-        except StaleLease:
-            log.warning("%s: task %s is no longer ours; not starting it", self.ref.name, task.id)
+        if task.lease_expires_at is None or rt.clock() >= task.lease_expires_at - margin:
+            try:
+                await rt.store.heartbeat(task.id, task.fencing_token, rt.lease_seconds)
+            except StaleLease:
+                log.warning("%s: task %s is no longer ours; not starting it", self.ref.name, task.id)
+                rt.cancelled.discard(task.id)
+                return False
+        if task.id in rt.cancelled:  # checked last: a cancel may land during the heartbeat
+            rt.cancelled.discard(task.id)
             return False
         return True
 
@@ -391,9 +391,10 @@ class Queen(Actor):
     async def started(self) -> None:
         # Events reach the runtime's bus listener (``_Runtime.on_event``), which stops
         # cancelled attempts at once and asks the Queen for a claim pass with a Pump:
-        # none is lost while the Queen restarts. A first pass for work already waiting:
-        self.rt.pump_pending = False
-        self.rt.request_pump()
+        # none is lost while the Queen restarts. A first pass for work already waiting
+        # (at the first start, ``rt.queen`` is not set yet):
+        self.ref.tell_nowait(Pump())  # unbounded mailbox
+        self.rt.pump_pending = True
 
     async def handle_batch(self, messages: list[Any]) -> None:
         rt = self.rt

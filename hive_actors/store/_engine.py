@@ -50,6 +50,7 @@ from ._model import (
     Run,
     StoredPlan,
     Task,
+    is_cascade_error,
 )
 from ._schema import classify, inspect, migrate, precheck
 
@@ -1181,24 +1182,28 @@ class Engine:
         return new
 
     def _revive_dependents(self, op: Any, now: float, task_id: int) -> None:
-        """After a retry of ``task_id``: queue again, transitively, the dependents the
-        cascade cancelled because of it (their error names it), unless another of
-        their dependencies is still failed or cancelled."""
+        """After a retry of ``task_id``: queue again, transitively, the dependents that
+        a cascade cancelled (their error is ``dependency N failed|cancelled``), once none
+        of their dependencies is failed or cancelled any more. Every task that comes
+        back has its cascade-cancelled dependents looked at, whichever dependency's end
+        cancelled them, so the result does not depend on the order of retries."""
         stack = [task_id]
         while stack:
-            cause = stack.pop()
+            back = stack.pop()
             cancelled = self._conn.execute(
                 f"SELECT {_COLS} FROM tasks WHERE id IN "
                 "(SELECT task_id FROM task_deps WHERE depends_on = ?) "
-                "AND status = 'cancelled' AND error IN (?, ?) ORDER BY id",
-                (cause, f"dependency {cause} {FAILED}", f"dependency {cause} {CANCELLED}"),
+                "AND status = 'cancelled' ORDER BY id",
+                (back,),
             ).fetchall()
             for raw in cancelled:
                 row = _Row._make(raw)
+                if not is_cascade_error(row.error):
+                    continue  # a person's cancellation stays
                 found = self._statuses(self._deps(row.id))
                 if any(s in (FAILED, CANCELLED) for s in found.values()):
                     continue
-                self._requeue(op, now, row, found, {"retry": True, "cause": task_id})
+                self._requeue(op, now, row, found, {"retry": True, "cause": back})
                 stack.append(row.id)
 
     def _sweep(self, op: m.SweepLeases, now: float) -> list[Task]:

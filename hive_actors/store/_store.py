@@ -220,10 +220,10 @@ class Store:
 
     async def retry(self, task_id: int, **kw: Any) -> Task:
         """``failed``/``cancelled`` → ``queued`` with a fresh attempt budget; the
-        dependents cancelled because of this task come back too (transitively, each
-        with a fresh budget, unless another of its dependencies is failed or
-        cancelled). ``DependencyError`` if a dependency failed or was cancelled.
-        Returns the retried task."""
+        dependents the cascade cancelled come back too, transitively, each with a fresh
+        budget, as soon as none of their dependencies is failed or cancelled (a task a
+        person cancelled stays). ``DependencyError`` if a dependency of this task failed
+        or was cancelled. Returns the retried task."""
         return await self.ref.ask(m.Retry(task_id, **kw))
 
     async def sweep_leases(self) -> list[Task]:

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
-from ._model import STATUSES
+from ._model import STATUSES, is_cascade_error
 
 _pos_int = [v.instance_of(int), v.ge(1)]
 
@@ -225,12 +225,20 @@ class Decide:
     correlation_id: str | None = _corr
 
 
+def _reason(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
+    if is_cascade_error(value):
+        # The cascade's own wording: a retry of that dependency would bring it back.
+        raise ValueError(f"{attribute.name} {value!r} is reserved for cancellations by a dependency")
+
+
 @attrs.frozen
 class Cancel:
     """Cancel a task that is not terminal, and transitively its waiting dependents."""
 
     task_id: int
-    reason: str = "cancelled"
+    reason: str = attrs.field(default="cancelled", validator=_reason)
     actor: str | None = _actor
     correlation_id: str | None = _corr
 
@@ -238,8 +246,8 @@ class Cancel:
 @attrs.frozen
 class Retry:
     """Re-queue a ``failed`` or ``cancelled`` task with a fresh attempt budget, and,
-    transitively, the dependents cancelled because it failed or was cancelled (unless
-    another of their dependencies still is)."""
+    transitively, the dependents the cascade cancelled, once none of their
+    dependencies is failed or cancelled."""
 
     task_id: int
     actor: str | None = _actor

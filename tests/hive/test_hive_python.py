@@ -3,8 +3,9 @@
 import pytest
 import trio
 
+from hive_actors import open_actor_system
 from hive_actors.hive import HiveConfig, KindConfig, Verdict, open_hive
-from hive_actors.store import DependencyError
+from hive_actors.store import DependencyError, open_store
 
 
 async def echo(task):
@@ -305,3 +306,16 @@ async def test_retrying_a_failed_task_brings_back_what_its_failure_cancelled(tmp
         await hive.retry(root.id)
         assert (await hive.wait(grandchild.id, timeout=10)).status == "done"
         assert calls == ["root", "root", "child", "grandchild"]
+
+
+async def test_work_queued_before_the_hive_opened_starts_without_waiting_for_a_tick(tmp_path):
+    # Found in review: the Queen's first claim pass went missing at the first start,
+    # so such work waited for the first Tick.
+    async with open_actor_system() as system:
+        async with open_store(system, str(tmp_path / "hive.db"), register=False) as store:
+            waiting = await store.submit("echo", "waiting", "hi")
+    config = HiveConfig(kinds={"echo": KindConfig(backend=echo, review=False)})
+    async with open_hive(tmp_path / "hive.db", config, tick=1000) as hive:
+        with trio.fail_after(5):
+            done = await hive.wait(waiting.id)
+        assert done.status == "done"

@@ -10,6 +10,7 @@ import trio
 
 from hive_actors.hive import HiveConfig, KindConfig
 from hive_actors.hive._model import SlotFree, Tick
+from hive_actors.store import messages
 from hive_actors.testing import (
     Script,
     ScriptedBackend,
@@ -179,3 +180,31 @@ async def test_a_cancel_lost_in_a_queen_crash_still_stops_the_attempt(autojump_h
             await trio.sleep(0.1)
         later = await hive.submit(kind="k", title="after the crash")
         assert (await hive.wait(later.id, timeout=1000)).status == "done"
+
+
+async def test_a_cancel_during_the_start_check_keeps_the_agent_from_starting(autojump_hive, autojump_clock):
+    # Found in review: an Assign that waited past 2/3 of the lease makes the slot
+    # heartbeat before starting; a cancel in the same DB batch, after that heartbeat,
+    # was noted for the slot but the check had already passed, and the agent ran.
+    backend = ScriptedBackend()
+    async with autojump_hive(one_slot_config(backend)) as hive:
+        faults = hive.system.faults
+        slot_stall = faults.stall(actor_pattern(hive, "k"))
+        task = await hive.submit(kind="k", title="t", prompt=Script(sleep=1000.0).prompt())
+        while (await hive.get(task.id)).status != "running":
+            await trio.sleep(0.1)
+        await trio.sleep(25)  # the Assign waits in the stalled mailbox: the lease ages
+        marker = messages.Get(task.id)
+        store_stall = faults.stall(actor_pattern(hive, "store"), when=lambda msg: msg is marker)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hive.store.ref.ask, marker)
+            await trio.sleep(0.1)
+            slot_stall.release()
+            await trio.sleep(0.1)  # the slot's heartbeat waits in the store's mailbox...
+            nursery.start_soon(hive.store.cancel, task.id)
+            await trio.sleep(0.1)  # ...with the cancel behind it: one batch
+            store_stall.release()
+        await trio.sleep(5)
+        assert not hive.running() and not backend.calls
+        assert (await hive.get(task.id)).status == "cancelled"
+        assert task.id not in hive._rt.cancelled

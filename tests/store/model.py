@@ -224,11 +224,11 @@ class Model:
             raise DependencyError("blocked")
         t.status, t.base, t.not_before, t.lease, t.cause = "queued", t.attempts, now, None, None
         events.append(("task.queued", t.id))
-        stack = [t.id]  # dependents the cascade cancelled because of it come back
+        stack = [t.id]  # dependents a cascade cancelled come back once nothing blocks them
         while stack:
-            cause = stack.pop()
+            back = stack.pop()
             for tid in sorted(d.id for d in self.tasks.values()
-                              if d.status == "cancelled" and d.cause == cause):
+                              if d.status == "cancelled" and d.cause is not None and back in d.deps):
                 d = self.tasks[tid]
                 if any(self.tasks[x].status in ("failed", "cancelled") for x in d.deps):
                     continue

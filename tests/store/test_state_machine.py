@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from hive_actors.store import messages as m
 from hive_actors.store._engine import Engine
+from hive_actors.store._model import is_cascade_error
 
 from .model import Model
 
@@ -264,6 +265,17 @@ class StoreMachine(RuleBasedStateMachine):
         assert all(n == 1 for n in self.done_events.values())
         for task_id in self.done_events:
             assert self.model.tasks[task_id].status == "done"
+
+    @invariant()
+    def a_cascade_cancellation_always_has_its_reason(self):
+        # Declarative, apart from the model: a task the cascade cancelled always has a
+        # dependency that is failed or cancelled; once none is (retries), it is queued.
+        (listed,), _ = self.engine.execute([m.ListTasks()])
+        tasks = listed.unwrap()
+        status = {t.id: t.status for t in tasks}
+        for t in tasks:
+            if t.status == "cancelled" and is_cascade_error(t.error):
+                assert any(status[d] in ("failed", "cancelled") for d in t.depends_on), t
 
     @invariant()
     def counts_agree(self):

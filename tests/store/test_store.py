@@ -668,3 +668,39 @@ async def test_succeed_returns_the_result_as_get_reads_it_back(store, result):
     assert type(done.result) is type(stored.result)
     if isinstance(result, dict | list):
         assert done.result is not result
+
+
+async def test_retry_revives_a_dependent_blocked_along_two_paths(store):
+    # Found in review: Z waits for X and V, both cancelled (through P) when A failed.
+    # Z comes back once both are back, whichever of them its error names.
+    a = await store.submit("k", "a")
+    x = await store.submit("k", "x", depends_on=[a.id])
+    p = await store.submit("k", "p", depends_on=[a.id])
+    v = await store.submit("k", "v", depends_on=[p.id])
+    z = await store.submit("k", "z", depends_on=[x.id, v.id])
+    [t] = await store.claim("k", 1, "w", 30)
+    await store.fail(a.id, t.fencing_token, "fatal", retry=False)
+    assert {(await store.get(i)).status for i in (x.id, p.id, v.id, z.id)} == {"cancelled"}
+    await store.retry(a.id)
+    assert [(await store.get(i)).status for i in (a.id, x.id, p.id, v.id, z.id)] == ["queued"] * 5
+
+
+@pytest.mark.parametrize("order", ["a first", "b first"])
+async def test_retries_bring_back_the_same_tasks_in_any_order(store, order):
+    a = await store.submit("k", "a")
+    b = await store.submit("k", "b")
+    both = await store.submit("k", "both", depends_on=[a.id, b.id])
+    await store.cancel(a.id)  # cancels `both` (its error names a)
+    await store.cancel(b.id)
+    first, second = (a, b) if order == "a first" else (b, a)
+    await store.retry(first.id)
+    assert (await store.get(both.id)).status == "cancelled"  # the other is still cancelled
+    await store.retry(second.id)
+    assert (await store.get(both.id)).status == "queued"
+
+
+async def test_a_cancel_reason_cannot_pose_as_the_cascade(store):
+    task = await store.submit("k", "t")
+    with pytest.raises(ValueError, match="reserved"):
+        await store.cancel(task.id, reason=f"dependency {task.id} failed")
+    assert (await store.get(task.id)).status == "queued"
