@@ -1,7 +1,7 @@
 """A supervised actor runtime on trio; knows nothing about tasks, SQLite or the Hive."""
 
 from ._actor import Actor, ActorRef
-from ._bus import Bus, Listener, Subscription
+from ._bus import Bus, Subscription
 from ._errors import ActorError, ActorStopped, AskTimeout, MailboxFull, SupervisorGaveUp
 from ._faults import Fault, FaultInjector, InjectedCrash
 from ._messages import ActorStats, Missed, Published, SystemStats, Terminated
@@ -23,7 +23,6 @@ __all__ = [
     "MailboxFull",
     "Missed",
     "Published",
-    "Listener",
     "Subscription",
     "SupervisorGaveUp",
     "SupervisorRef",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
-import logging
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -17,8 +15,6 @@ from ._messages import Missed, Published
 
 if TYPE_CHECKING:
     from ._system import ActorSystem
-
-log = logging.getLogger("hive_actors")
 
 
 class _MissedRun:
@@ -102,36 +98,6 @@ class Subscription:
             self._bus._by_topic.clear()
 
 
-class Listener:
-    """A function called with every ``Published`` message whose topic matches
-    ``pattern``, synchronously inside ``publish``; ``cancel()`` ends it.
-
-    For what is not an actor and must not lag behind the publisher (waking trio
-    Events, counters): it runs in the publisher's task, so it must be quick and must
-    not block.  An exception it raises is logged and does not reach the publisher.
-    """
-
-    def __init__(self, bus: Bus, pattern: str, callback: Callable[[Published], None]) -> None:
-        self.pattern = pattern
-        self._bus = bus
-        self._callback = callback
-        self._match = re.compile(fnmatch.translate(pattern)).match
-
-    def _offer(self, message: Published) -> bool:
-        try:
-            self._callback(message)
-        except Exception:
-            log.exception("bus listener %r on %r failed", self._callback, self.pattern)
-            return False
-        return True
-
-    def cancel(self) -> None:
-        """Stop calling the function."""
-        if self in self._bus._subscriptions:
-            self._bus._subscriptions.remove(self)
-            self._bus._by_topic.clear()
-
-
 class Bus:
     """The system's message bus: topics are strings, patterns are globs (``task.*``).
 
@@ -141,8 +107,8 @@ class Bus:
 
     def __init__(self, system: ActorSystem) -> None:
         self._system = system
-        self._subscriptions: list[Subscription | Listener] = []
-        self._by_topic: dict[str, list[Subscription | Listener]] = {}  # topic -> matching, cached
+        self._subscriptions: list[Subscription] = []
+        self._by_topic: dict[str, list[Subscription]] = {}  # topic -> matching, cached
 
     async def subscribe(self, pattern: str, ref: ActorRef, buffer: int = 256) -> Subscription:
         """Deliver ``Published(topic, payload)`` for every topic matching ``pattern`` to ``ref``."""
@@ -159,21 +125,8 @@ class Bus:
         await trio.lowlevel.checkpoint()
         return subscription
 
-    def listen(self, pattern: str, callback: Callable[[Published], None]) -> Listener:
-        """Call ``callback(Published(topic, payload))`` inside every ``publish`` whose
-        topic matches ``pattern`` (see :class:`Listener`); nothing is ever missed."""
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, got {pattern!r}")
-        if not callable(callback):
-            raise TypeError(f"listen needs a callable, got {callback!r}")
-        listener = Listener(self, pattern, callback)
-        self._subscriptions.append(listener)
-        self._by_topic.clear()
-        return listener
-
     def publish_nowait(self, topic: str, payload: Any = None) -> int:
-        """Publish without waiting; return how many subscribers got it buffered (or,
-        for listeners, handled it)."""
+        """Publish without waiting; return how many subscribers got it buffered."""
         matching = self._by_topic.get(topic)
         if matching is None:
             matching = [sub for sub in self._subscriptions if sub._match(topic)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from ..actors import ActorRef, ActorStopped, ActorSystem, Published, open_actor_system
+from ..actors import ActorRef, ActorStopped, ActorSystem, open_actor_system
 from ..store import ESCALATED, QUEUED, REVIEW, RUNNING, Event, Task, open_store
 from ._model import Pump
 from ._roles import (
@@ -65,12 +65,16 @@ class _Runtime:
         elif any(task.id == task_id for task in self.assigned.values()):
             self.cancelled.add(task_id)
 
-    def on_event(self, message: Published) -> None:
-        """Bus listener for the Queen's topics: stop a cancelled task's attempt here,
-        and ask the Queen for a claim pass (one Pump at a time)."""
-        if message.topic == "task.cancelled":
-            self.cancel_local(message.payload.task_id)
-        self.request_pump()
+    def on_events(self, events: list[Event]) -> None:
+        """Store watcher: stop the attempts of cancelled tasks here, and ask the Queen
+        for a claim pass (one Pump at a time) when work may have become ready."""
+        pump = False
+        for event in events:
+            if event.type == "task.cancelled":
+                self.cancel_local(event.task_id)
+            pump = pump or event.type in QUEEN_TOPICS
+        if pump:
+            self.request_pump()
 
     def request_pump(self) -> None:
         """Make sure a Pump waits in the Queen's (unbounded) mailbox."""
@@ -100,8 +104,8 @@ class _Runtime:
 
 
 class _Waiters:
-    """Per-task and hive-wide trio Events, set when the store publishes an event
-    about them (``on_event`` is a bus listener) and replaced once they fire."""
+    """Per-task and hive-wide trio Events, set when the store commits an event about
+    them (``on_events`` watches the store) and replaced once they fire."""
 
     def __init__(self) -> None:
         self.by_task: dict[int, trio.Event] = {}
@@ -118,15 +122,17 @@ class _Waiters:
         self._any_waited = True
         return self.any
 
-    def on_event(self, message: Published) -> None:
-        event = message.payload
-        if not isinstance(event, Event) or event.seq is None:
-            return  # not a persisted store event (a heartbeat, say): nothing to re-read
-        if self.by_task:
-            waiting = self.by_task.pop(event.task_id, None)
-            if waiting is not None:
-                waiting.set()
-        if self._any_waited:
+    def on_events(self, events: list[Event]) -> None:
+        changed = False
+        for event in events:
+            if event.seq is None:
+                continue  # not persisted (a heartbeat): nothing to re-read
+            changed = True
+            if self.by_task:
+                waiting = self.by_task.pop(event.task_id, None)
+                if waiting is not None:
+                    waiting.set()
+        if changed and self._any_waited:
             self._any_waited = False
             self.any.set()
             self.any = trio.Event()
@@ -199,7 +205,7 @@ class Hive:
 
     async def cancel(self, task_id: int) -> Task:
         """Cancel a task (and its unfinished dependents); a running agent is killed."""
-        # The runtime's bus listener stops the attempt here, as the store publishes.
+        # The runtime's store watcher stops the attempt here, as the store commits.
         return await self.store.cancel(task_id, actor="person")
 
     async def retry(self, task_id: int) -> Task:
@@ -411,8 +417,7 @@ async def open_hive(
         queen = await queen_sup.spawn(Queen, runtime, runtime.pools, name=f"queen-{id(runtime)}",
                                       mailbox_size=math.inf)
         runtime.queen = queen
-        listeners = [system.bus.listen(pattern, waiters.on_event) for pattern in ("task.*", "plan.*")]
-        listeners += [system.bus.listen(topic, runtime.on_event) for topic in QUEEN_TOPICS]
+        unwatch = [store.watch(waiters.on_events), store.watch(runtime.on_events)]
         hive = Hive(runtime, system, waiters)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(tick_queen, queen, tick)
@@ -426,8 +431,8 @@ async def open_hive(
                     await queen_sup.stop()
                     for sup in reversed(supervisors):
                         await sup.stop()
-                    for listener in listeners:
-                        listener.cancel()
+                    for stop_watching in unwatch:
+                        stop_watching()
 
 
 async def _keep_leases(runtime: _Runtime) -> None:

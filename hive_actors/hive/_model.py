@@ -48,7 +48,7 @@ class SlotFree:
 
 @attrs.frozen
 class Pump:
-    """→ Queen: claim work for free slots. Left by the runtime's bus listener when
+    """→ Queen: claim work for free slots. Left by the runtime's store watcher when
     store events say work may be ready (one at a time), and by the Queen at start."""
 
 

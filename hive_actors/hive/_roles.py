@@ -29,9 +29,9 @@ log = logging.getLogger("hive_actors.hive")
 PLAN_KIND = "plan"
 REVIEW_POOL = "review"
 
-# What the Queen is woken by: anything that can make a task claimable or a slot free.
-QUEEN_TOPICS = ("task.queued", "task.done", "task.review", "task.cancelled", "plan.stored",
-                "task.recovered", "task.retrying", "task.rejected")
+# Events that wake the Queen: anything that can make a task claimable or a slot free.
+QUEEN_TOPICS = frozenset({"task.queued", "task.done", "task.review", "task.cancelled",
+                          "plan.stored", "task.recovered", "task.retrying", "task.rejected"})
 
 
 class _Slot(Actor):
@@ -373,7 +373,7 @@ class Planner(_Slot):
 class Queen(Actor):
     """Hands ready tasks to free slots, per pool, by priority then age.
 
-    Reacts to store events (a ``Pump`` from the runtime's bus listener), freed slots
+    Reacts to store events (a ``Pump`` from the runtime's store watcher), freed slots
     and a periodic tick, on which it also sweeps expired leases.  It takes its mailbox
     in batches: every message already waiting is read first, then one claim pass
     serves them all.  It never waits on a slot: it only assigns to slots it knows are
@@ -389,7 +389,7 @@ class Queen(Actor):
         self.assigned = busy  # slot -> the task it was given and has not finished
 
     async def started(self) -> None:
-        # Events reach the runtime's bus listener (``_Runtime.on_event``), which stops
+        # Events reach the runtime's store watcher (``_Runtime.on_events``), which stops
         # cancelled attempts at once and asks the Queen for a claim pass with a Pump:
         # none is lost while the Queen restarts. A first pass for work already waiting
         # (at the first start, ``rt.queen`` is not set yet):

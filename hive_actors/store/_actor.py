@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import outcome
@@ -9,7 +11,10 @@ import trio
 
 from ..actors import Actor
 from ._engine import Engine
+from ._model import Event
 from ._thread import SqliteThread
+
+log = logging.getLogger("hive_actors.store")
 
 
 class StoreActor(Actor):
@@ -28,9 +33,11 @@ class StoreActor(Actor):
     ``FULL``, one more when another process holds the lock.
     """
 
-    def __init__(self, engine: Engine, runner: SqliteThread | None) -> None:
+    def __init__(self, engine: Engine, runner: SqliteThread | None,
+                 watchers: list[Callable[[list[Event]], None]]) -> None:
         self._engine = engine
         self._runner = runner
+        self._watchers = watchers  # see Store.watch; shared, so it outlives a restart
 
     async def handle_batch(self, messages: list[Any]) -> list[outcome.Outcome]:
         engine, runner = self._engine, self._runner
@@ -39,9 +46,15 @@ class StoreActor(Actor):
             results, events = engine.execute(messages)
         else:
             results, events = await self._split(engine, runner, messages)
-        publish = self.system.bus.publish_nowait
-        for event in events:
-            publish(event.type, event)
+        if events:
+            publish = self.system.bus.publish_nowait
+            for event in events:
+                publish(event.type, event)
+            for watcher in self._watchers:
+                try:
+                    watcher(events)
+                except Exception:
+                    log.exception("store watcher %r failed", watcher)
         return results
 
     @staticmethod

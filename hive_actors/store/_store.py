@@ -35,12 +35,31 @@ class Store:
     """
 
     def __init__(
-        self, ref: ActorRef, path: str, recovery: RecoveryReport, engine: Engine | None = None
+        self, ref: ActorRef, path: str, recovery: RecoveryReport, engine: Engine | None = None,
+        watchers: list[Callable[[list[Event]], None]] | None = None,
     ) -> None:
         self.ref = ref
         self.path = path
         self.recovery = recovery
         self._engine = engine
+        self._watchers = [] if watchers is None else watchers
+
+    def watch(self, callback: Callable[[list[Event]], None]) -> Callable[[], None]:
+        """Call ``callback(events)`` with the events of every committed transaction of
+        this store, in commit order, right after they are published on the bus (before
+        the callers are answered); returns a function that stops it.
+
+        It runs in the DB actor's task, so it must be quick and must not block; an
+        exception it raises is logged. Unlike a bus subscription it never misses an
+        event and sees only this store's (several stores may share one bus).
+        """
+        self._watchers.append(callback)
+
+        def unwatch() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return unwatch
 
     def commit_stats(self) -> tuple[int, int]:
         """``(transactions, operations)`` committed so far by this store's DB actor;
@@ -325,12 +344,13 @@ async def open_store(
                 await runner.run(engine.close)
                 raise
         try:
+            watchers: list[Callable[[list[Event]], None]] = []
             ref = await system.spawn(
-                StoreActor, engine, runner, name=name, mailbox_size=mailbox_size
+                StoreActor, engine, runner, watchers, name=name, mailbox_size=mailbox_size
             )
             for event in events:
                 system.bus.publish_nowait(event.type, event)
-            store = Store(ref, path, report, engine)
+            store = Store(ref, path, report, engine, watchers)
             async with trio.open_nursery() as nursery:
                 if hive_heartbeat is not None and register:
                     nursery.start_soon(_touch_hive, ref, hive_heartbeat)

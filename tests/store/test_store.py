@@ -357,6 +357,30 @@ async def test_events_published_only_after_commit(system, store, db_path):
     assert [c for _, _, c in seen] == [True, True, None, True, True]
 
 
+async def test_watchers_see_each_commit_of_their_own_store_only(system, store, tmp_path, caplog):
+    seen, other_seen = [], []
+
+    def broken(events):
+        raise RuntimeError("watcher bug")
+
+    stop = store.watch(seen.append)
+    store.watch(broken)
+    async with open_store(system, str(tmp_path / "other.db"), name="other-store") as other:
+        other.watch(other_seen.append)
+        task = await store.submit("k", "t")
+        await other.submit("k", "elsewhere")
+        [t] = await store.claim("k", 1, "w", 30)
+        await store.succeed(t.id, t.fencing_token, None)
+    assert [[e.type for e in batch] for batch in seen] == [
+        ["task.queued"], ["task.started"], ["task.succeeded", "task.done"]]
+    assert all(e.task_id == task.id and e.seq is not None for batch in seen for e in batch)
+    assert [[e.type for e in batch] for batch in other_seen] == [["task.queued"]]
+    assert "watcher bug" in caplog.text  # logged; the store went on
+    stop()
+    await store.submit("k", "unwatched")
+    assert len(seen) == 3
+
+
 async def test_group_commit_isolates_a_failing_operation(system, store):
     good = [messages.Submit("k", f"g{i}") for i in range(20)]
     bad = messages.Submit("k", "bad", depends_on=[424242])
