@@ -437,7 +437,9 @@ class Queen(Actor):
                     len(free), "reviewer", rt.lease_seconds, kinds=tuple(rt.config.kinds),
                     actor="queen")
             else:
-                tasks = await rt.store.claim(pool, len(free), pool, rt.lease_seconds, actor="queen")
+                # Leased in the slots' names (``k-0``...): that is what runs.worker shows.
+                tasks = await rt.store.claim(pool, len(free), pool, rt.lease_seconds, actor="queen",
+                                             workers=tuple(_label(slot) for slot in free))
             for task in tasks:
                 slot = free.popleft()
                 self.free_set[pool].discard(slot)
@@ -455,6 +457,11 @@ class Queen(Actor):
                                         "worker crashed mid-attempt", actor="queen")
         except StoreError:
             pass  # the slot reported (or released) it before going down: nothing to do
+
+
+def _label(slot: ActorRef) -> str:
+    """A slot's name without the per-hive suffix: ``k-0`` for ``k-0-140...``."""
+    return slot.name.rsplit("-", 1)[0]
 
 
 async def tick_queen(queen: ActorRef, interval: float) -> None:

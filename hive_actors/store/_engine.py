@@ -10,6 +10,7 @@ are returned, to be published only after COMMIT.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import random
@@ -997,8 +998,9 @@ class Engine:
         rows: list[tuple[m.Claim, float, _Row]] = []
         start = 0
         for op in ops:
-            worker, expires = op.worker, now + op.lease_seconds
-            for raw in found[start : start + op.n]:
+            expires = now + op.lease_seconds
+            workers = op.workers or itertools.repeat(op.worker)
+            for raw, worker in zip(found[start : start + op.n], workers, strict=False):  # fewer found
                 rows.append((op, expires, _make_row(
                     raw[:4] + (RUNNING, raw[5], raw[6] + 1) + raw[7:12]
                     + (now, raw[13], raw[14], raw[15] + 1, worker, expires) + raw[18:21]
@@ -1027,7 +1029,7 @@ class Engine:
         for op, expires, row in rows:
             cache[row.id] = row
             self._emit(op, now, "task.started", row, {
-                "attempt": row.attempts, "token": row.fencing_token, "worker": op.worker,
+                "attempt": row.attempts, "token": row.fencing_token, "worker": row.lease_owner,
                 "lease_expires_at": expires,
             })
             claimed[id(op)].append(self._task(row))

@@ -110,7 +110,9 @@ class Store:
         """Atomically claim up to ``n`` ready tasks of ``kind`` (queued, not
         postponed, every dependency done), highest priority then oldest first. Each
         gets ``status="running"``, one more attempt, a new ``fencing_token`` and a
-        lease until now + ``lease_seconds``. Never returns a task to two callers."""
+        lease until now + ``lease_seconds``, held by ``worker`` (or, with
+        ``workers=``, ``n`` names, the i-th task by the i-th). Never returns a task to
+        two callers."""
         return await self.ref.ask(m.Claim(kind, n, worker, lease_seconds, **kw))
 
     async def claim_review(

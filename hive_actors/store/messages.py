@@ -74,14 +74,26 @@ class Submit:
 
 @attrs.frozen
 class Claim:
-    """Claim up to ``n`` ready tasks of ``kind`` (priority, then age) for ``worker``."""
+    """Claim up to ``n`` ready tasks of ``kind`` (priority, then age) for ``worker``;
+    with ``workers`` (``n`` names), the i-th task claimed is leased to the i-th name
+    (a pool claiming for its free slots)."""
 
     kind: str = attrs.field(validator=_name)
     n: int = attrs.field(validator=_pos_int)
     worker: str = attrs.field(validator=_name)
     lease_seconds: float = attrs.field(validator=_positive)
+    workers: tuple[str, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=attrs.converters.optional(tuple)
+    )
     actor: str | None = _actor
     correlation_id: str | None = _corr
+
+    @workers.validator
+    def _check_workers(self, attribute: attrs.Attribute, value: tuple[str, ...] | None) -> None:
+        if value is None:
+            return
+        if len(value) != self.n or not all(isinstance(w, str) and w for w in value):
+            raise ValueError(f"workers must be {self.n} non-empty strings (one per task), got {value!r}")
 
 
 @attrs.frozen

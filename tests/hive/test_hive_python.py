@@ -319,3 +319,14 @@ async def test_work_queued_before_the_hive_opened_starts_without_waiting_for_a_t
         with trio.fail_after(5):
             done = await hive.wait(waiting.id)
         assert done.status == "done"
+
+
+async def test_runs_name_the_slot_that_ran_the_attempt(tmp_path):
+    config = HiveConfig(kinds={"echo": KindConfig(backend=echo, concurrency=3, review=False)})
+    async with open_hive(tmp_path / "hive.db", config) as hive:
+        tasks = [await hive.submit(kind="echo", title=f"t{i}") for i in range(6)]
+        await hive.wait_idle(timeout=10)
+        workers = {run.worker for t in tasks for run in await hive.store.runs(t.id)}
+        assert workers <= {"echo-0", "echo-1", "echo-2"} and workers
+        started = [e for e in await hive.store.events_since(0) if e.type == "task.started"]
+        assert all(e.payload["worker"] in workers for e in started)

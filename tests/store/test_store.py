@@ -728,3 +728,15 @@ async def test_a_cancel_reason_cannot_pose_as_the_cascade(store):
     with pytest.raises(ValueError, match="reserved"):
         await store.cancel(task.id, reason=f"dependency {task.id} failed")
     assert (await store.get(task.id)).status == "queued"
+
+
+async def test_a_claim_for_named_workers_leases_each_task_to_its_own(store):
+    for i in range(3):
+        await store.submit("k", f"t{i}")
+    claimed = await store.claim("k", 3, "pool", 30, workers=("a", "b", "c"))
+    assert [t.lease_owner for t in claimed] == ["a", "b", "c"]
+    assert [(await store.runs(t.id))[0].worker for t in claimed] == ["a", "b", "c"]
+    fewer = await store.claim("k", 2, "pool", 30, workers=("d", "e"))
+    assert fewer == []
+    with pytest.raises(ValueError, match="workers"):
+        await store.claim("k", 2, "pool", 30, workers=("only one",))
