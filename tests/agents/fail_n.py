@@ -10,6 +10,7 @@ N`` to stderr and exit with CODE (default 1); later runs print
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,11 @@ parser.add_argument("--exit-code", type=int, default=1)
 opts = parser.parse_args()
 counter = Path(opts.counter)
 runs = (int(counter.read_text()) if counter.exists() else 0) + 1
-counter.write_text(str(runs))
+# Atomically: a run killed mid-write (the chaos tests SIGKILL the hive, and so its
+# agents, at random moments) must leave the old count, never an empty file.
+partial = counter.with_name(counter.name + ".partial")
+partial.write_text(str(runs))
+os.replace(partial, counter)
 if runs <= opts.n:
     print(f"failing run {runs} of {opts.n}", file=sys.stderr)
     sys.exit(opts.exit_code)
