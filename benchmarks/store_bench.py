@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hive_actors  # noqa: E402
 from hive_actors.store import open_store  # noqa: E402
-from hive_actors.store._engine import _COLS  # noqa: E402
+from hive_actors.store._engine import _CLAIM, _CLAIM_UPDATE, _INSERT_RUN  # noqa: E402  (the store's own statements: raw runs exactly these)
 from hive_actors.store._schema import MIGRATIONS, _split  # noqa: E402
 
 LEASE = 600.0
@@ -101,14 +101,6 @@ _INSERT_EVENT = (
     "INSERT INTO events (ts, type, task_id, actor, correlation_id, payload) "
     "VALUES (?, ?, ?, NULL, NULL, ?)"
 )
-_CLAIM = (
-    f"SELECT {_COLS} FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
-    "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?"
-)
-_CLAIM_UPDATE = (
-    "UPDATE tasks SET status = 'running', attempts = ?, fencing_token = ?, lease_owner = ?, "
-    "lease_hive = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?"
-)
 # The seed design's claim (its own statements, as it had them).
 _SEED_CLAIM = (
     "SELECT id FROM tasks WHERE status = 'queued' AND pending_deps = 0 AND kind = ? "
@@ -118,10 +110,6 @@ _SEED_CLAIM_UPDATE = (
     "UPDATE tasks SET status = 'running', attempts = attempts + 1, "
     "fencing_token = fencing_token + 1, lease_owner = ?, lease_hive = ?, "
     "lease_expires_at = ?, updated_at = ? WHERE id = ? RETURNING attempts, fencing_token"
-)
-_INSERT_RUN = (
-    "INSERT INTO runs (task_id, attempt, fencing_token, worker, hive_id, started_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
