@@ -386,6 +386,8 @@ class Queen(Actor):
         busy = runtime.assigned
         self.free = {pool: deque(s for s in slots if s not in busy) for pool, slots in pools.items()}
         self.free_set = {pool: set(free) for pool, free in self.free.items()}
+        # Each slot's lease name (``k-0`` for ``k-0-140...``), worked out once.
+        self.labels = {slot: slot.name.rsplit("-", 1)[0] for slots in pools.values() for slot in slots}
         self.assigned = busy  # slot -> the task it was given and has not finished
 
     async def started(self) -> None:
@@ -439,7 +441,7 @@ class Queen(Actor):
             else:
                 # Leased in the slots' names (``k-0``...): that is what runs.worker shows.
                 tasks = await rt.store.claim(pool, len(free), pool, rt.lease_seconds, actor="queen",
-                                             workers=tuple(_label(slot) for slot in free))
+                                             workers=tuple(map(self.labels.__getitem__, free)))
             for task in tasks:
                 slot = free.popleft()
                 self.free_set[pool].discard(slot)
@@ -457,11 +459,6 @@ class Queen(Actor):
                                         "worker crashed mid-attempt", actor="queen")
         except StoreError:
             pass  # the slot reported (or released) it before going down: nothing to do
-
-
-def _label(slot: ActorRef) -> str:
-    """A slot's name without the per-hive suffix: ``k-0`` for ``k-0-140...``."""
-    return slot.name.rsplit("-", 1)[0]
 
 
 async def tick_queen(queen: ActorRef, interval: float) -> None:
