@@ -51,7 +51,6 @@ from ._model import (
     Run,
     StoredPlan,
     Task,
-    is_cascade_error,
 )
 from ._schema import classify, inspect, migrate, precheck
 
@@ -99,8 +98,8 @@ _INSERT_RUN = (
 )
 _INSERT_TASK = (
     "INSERT INTO tasks (kind, title, prompt, status, priority, max_attempts, retry_delay, "
-    "not_before, pending_deps, error, parent_id, metadata, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "not_before, pending_deps, error, cancel_cause, parent_id, metadata, created_at, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Event rows are buffered and written with one executemany per batch; their ``seq`` is
 # assigned here, continuing from the largest ever given (AUTOINCREMENT's counter),
@@ -764,7 +763,8 @@ class Engine:
             sets = "".join(f"{name} = ?, " for name in names)
             entry = self._update_sql[names] = (
                 f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ?",
-                # Where each value goes in the row (pending_deps is not in it).
+                # Where each value goes in the row (pending_deps and cancel_cause,
+                # which only the SQL reads, are not in it).
                 tuple((_ROW_INDEX[n], i) for i, n in enumerate(names) if n in _ROW_INDEX),
             )
         sql, positions = entry
@@ -869,7 +869,11 @@ class Engine:
         return new
 
     def _cancel_row(self, op: Any, now: float, row: _Row, reason: str, cause: int | None) -> _Row:
-        fields: dict[str, Any] = {"status": CANCELLED, "error": reason, **_NO_LEASE}
+        """Cancel ``row``: by a person (``cause`` None), or by the cascade because
+        dependency ``cause`` ended (recorded in ``cancel_cause``, which a retry of a
+        dependency looks for)."""
+        fields: dict[str, Any] = {"status": CANCELLED, "error": reason,
+                                  "cancel_cause": cause, **_NO_LEASE}
         pgid = None
         if row.status in (RUNNING, REVIEW):
             if row.status == RUNNING:
@@ -923,14 +927,15 @@ class Engine:
     ) -> _Row:
         broken = [d for d in deps if dep_status[d] in (FAILED, CANCELLED)]
         pending = sum(1 for d in deps if dep_status[d] != DONE)
-        status, error = QUEUED, None
+        status, error, cause = QUEUED, None, None
         if broken:
-            status, error = CANCELLED, f"dependency {broken[0]} {dep_status[broken[0]]}"
+            cause = broken[0]
+            status, error = CANCELLED, f"dependency {cause} {dep_status[cause]}"
         meta = _json(metadata)
         retry_delay, not_before = float(retry_delay), float(not_before)
         task_id = self._conn.execute(_INSERT_TASK, (
             kind, title, prompt, status, priority, max_attempts, retry_delay, not_before,
-            pending, error, parent_id, meta, now, now,
+            pending, error, cause, parent_id, meta, now, now,
         )).lastrowid
         row = _Row(task_id, kind, title, prompt, status, priority, 0, None, None, error,
                    parent_id, now, now, max_attempts, retry_delay, 0, None, None, not_before,
@@ -944,7 +949,7 @@ class Engine:
         self._remember_deps(row.id, tuple(deps))
         if broken:
             self._emit(op, now, "task.cancelled", row,
-                       {"reason": error, "previous": None, "cause": broken[0], **(extra or {})})
+                       {"reason": error, "previous": None, "cause": cause, **(extra or {})})
         else:
             self._emit(op, now, "task.queued", row, extra)
         return row
@@ -1176,32 +1181,33 @@ class Engine:
 
     def _requeue(self, op: Any, now: float, row: _Row, dep_status: Mapping[int, str],
                  extra: Mapping[str, Any]) -> _Row:
-        """Queue a failed or cancelled task again, with a fresh attempt budget."""
+        """Queue a failed or cancelled task again, with a fresh attempt budget (and
+        no ``cancel_cause``: it is no longer cancelled)."""
         pending = sum(1 for s in dep_status.values() if s != DONE)
         new = self._update(row, now, status=QUEUED, attempts_base=row.attempts,
-                           not_before=now, error=None, pending_deps=pending, **_NO_LEASE)
+                           not_before=now, error=None, pending_deps=pending,
+                           cancel_cause=None, **_NO_LEASE)
         self._emit(op, now, "task.queued", new, extra)
         return new
 
     def _revive_dependents(self, op: Any, now: float, task_id: int) -> None:
         """After a retry of ``task_id``: queue again, transitively, the dependents that
-        a cascade cancelled (their error is ``dependency N failed|cancelled``), once none
-        of their dependencies is failed or cancelled any more. Every task that comes
-        back has its cascade-cancelled dependents looked at, whichever dependency's end
-        cancelled them, so the result does not depend on the order of retries."""
+        a cascade cancelled (their ``cancel_cause`` is set; a person's cancellation,
+        whatever its reason, stays), once none of their dependencies is failed or
+        cancelled any more. Every task that comes back has its cascade-cancelled
+        dependents looked at, whichever dependency's end cancelled them, so the result
+        does not depend on the order of retries."""
         stack = [task_id]
         while stack:
             back = stack.pop()
             cancelled = self._conn.execute(
                 f"SELECT {_COLS} FROM tasks WHERE id IN "
                 "(SELECT task_id FROM task_deps WHERE depends_on = ?) "
-                "AND status = 'cancelled' ORDER BY id",
+                "AND status = 'cancelled' AND cancel_cause IS NOT NULL ORDER BY id",
                 (back,),
             ).fetchall()
             for raw in cancelled:
                 row = _Row._make(raw)
-                if not is_cascade_error(row.error):
-                    continue  # a person's cancellation stays
                 found = self._statuses(self._deps(row.id))
                 if any(s in (FAILED, CANCELLED) for s in found.values()):
                     continue

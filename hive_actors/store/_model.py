@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,14 +18,6 @@ CANCELLED = "cancelled"
 #: Every task status, in lifecycle order.
 STATUSES: tuple[str, ...] = (QUEUED, RUNNING, REVIEW, ESCALATED, DONE, FAILED, CANCELLED)
 
-
-def is_cascade_error(error: str | None) -> bool:
-    """Whether ``error`` is what the store writes on a task it cancelled because a
-    dependency failed or was cancelled (``dependency N failed|cancelled``)."""
-    return error is not None and _CASCADE_ERROR.fullmatch(error) is not None
-
-
-_CASCADE_ERROR = re.compile(r"dependency \d+ (failed|cancelled)")
 #: Statuses a task never leaves on its own (only ``retry`` leaves failed/cancelled).
 TERMINAL: frozenset[str] = frozenset({DONE, FAILED, CANCELLED})
 

@@ -100,6 +100,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_task ON events (task_id, seq);
     """,
+    # 2: why the cascade cancelled a task is a fact of the row, not its error text.
+    """
+    -- The id of the dependency whose end (failed or cancelled) cancelled this task;
+    -- NULL for a task a person cancelled, and for every task not cancelled.
+    ALTER TABLE tasks ADD COLUMN cancel_cause INTEGER;
+    -- Version 1 told a cascade cancellation by its error alone, exactly
+    -- 'dependency N failed' or 'dependency N cancelled' (a person could not give such
+    -- a reason): those rows get their N.
+    UPDATE tasks
+        SET cancel_cause = CAST(substr(error, 12, instr(substr(error, 12), ' ') - 1) AS INTEGER)
+        WHERE status = 'cancelled'
+        AND error GLOB 'dependency [0-9]* *'
+        AND substr(error, 12, instr(substr(error, 12), ' ') - 1) NOT GLOB '*[^0-9]*'
+        AND substr(error, 12 + instr(substr(error, 12), ' ')) IN ('failed', 'cancelled');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

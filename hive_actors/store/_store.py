@@ -235,8 +235,10 @@ class Store:
 
     async def cancel(self, task_id: int, reason: str = "cancelled", **kw: Any) -> Task:
         """Cancel a task that is not terminal, and transitively every unfinished task
-        depending on it. A running task's token is invalidated (its worker gets
-        ``StaleLease``); the event's payload carries the recorded ``pgid``."""
+        depending on it. ``reason`` is free text, kept as the task's error (a retry of
+        a dependency never brings back a task a person cancelled, whatever it says). A
+        running task's token is invalidated (its worker gets ``StaleLease``); the
+        event's payload carries the recorded ``pgid``."""
         return await self.ref.ask(m.Cancel(task_id, reason, **kw))
 
     async def retry(self, task_id: int, **kw: Any) -> Task:

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
-from ._model import STATUSES, is_cascade_error
+from ._model import STATUSES
 
 _pos_int = [v.instance_of(int), v.ge(1)]
 
@@ -240,14 +240,15 @@ class Decide:
 def _reason(_inst: object, attribute: attrs.Attribute, value: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
-    if is_cascade_error(value):
-        # The cascade's own wording: a retry of that dependency would bring it back.
-        raise ValueError(f"{attribute.name} {value!r} is reserved for cancellations by a dependency")
 
 
 @attrs.frozen
 class Cancel:
-    """Cancel a task that is not terminal, and transitively its waiting dependents."""
+    """Cancel a task that is not terminal, and transitively its waiting dependents.
+
+    ``reason`` is free text, recorded as the task's error. The task stays cancelled
+    when a dependency is retried, whatever the reason says: only the dependents the
+    cascade cancelled come back."""
 
     task_id: int
     reason: str = attrs.field(default="cancelled", validator=_reason)

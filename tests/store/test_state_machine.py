@@ -13,7 +13,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from hive_actors.store import messages as m
 from hive_actors.store._engine import Engine
-from hive_actors.store._model import is_cascade_error
 
 from .model import Model
 
@@ -268,14 +267,19 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_cascade_cancellation_always_has_its_reason(self):
-        # Declarative, apart from the model: a task the cascade cancelled always has a
-        # dependency that is failed or cancelled; once none is (retries), it is queued.
+        # Declarative, apart from the model: a task the cascade cancelled records, in
+        # the cancel_cause column, the dependency whose end cancelled it, and always has
+        # a dependency that is failed or cancelled; once none is (retries), it is
+        # queued, with no cause. Then the column against the model's cause.
         (listed,), _ = self.engine.execute([m.ListTasks()])
         tasks = listed.unwrap()
         status = {t.id: t.status for t in tasks}
+        cause = dict(self.engine._conn.execute("SELECT id, cancel_cause FROM tasks"))
         for t in tasks:
-            if t.status == "cancelled" and is_cascade_error(t.error):
+            if cause[t.id] is not None:
+                assert t.status == "cancelled" and cause[t.id] in t.depends_on, t
                 assert any(status[d] in ("failed", "cancelled") for d in t.depends_on), t
+            assert cause[t.id] == self.model.tasks[t.id].cause, t
 
     @invariant()
     def counts_agree(self):

@@ -14,6 +14,7 @@ import hive_actors
 from hive_actors.store import (
     MAX_BACKOFF,
     OUTPUT_TAIL_BYTES,
+    SCHEMA_VERSION,
     DatabaseLocked,
     DependencyError,
     Event,
@@ -26,6 +27,7 @@ from hive_actors.store import (
     open_store,
 )
 from hive_actors.store._engine import Engine
+from hive_actors.store._schema import APPLICATION_ID, MIGRATIONS, _split
 
 
 def read_db(path, sql, args=()):
@@ -723,11 +725,61 @@ async def test_retries_bring_back_the_same_tasks_in_any_order(store, order):
     assert (await store.get(both.id)).status == "queued"
 
 
-async def test_a_cancel_reason_cannot_pose_as_the_cascade(store):
-    task = await store.submit("k", "t")
-    with pytest.raises(ValueError, match="reserved"):
-        await store.cancel(task.id, reason=f"dependency {task.id} failed")
-    assert (await store.get(task.id)).status == "queued"
+async def test_a_persons_cancel_reason_may_read_like_the_cascade(store):
+    a = await store.submit("k", "a")
+    mine = await store.submit("k", "mine", depends_on=[a.id])
+    theirs = await store.submit("k", "theirs", depends_on=[a.id])
+    reason = f"dependency {a.id} failed"
+    assert (await store.cancel(mine.id, reason=reason)).error == reason
+    [t] = await store.claim("k", 1, "w", 30)
+    await store.fail(a.id, t.fencing_token, "fatal", retry=False)
+    assert (await store.get(theirs.id)).error == reason  # the cascade's, word for word
+    await store.retry(a.id)
+    assert (await store.get(theirs.id)).status == "queued"
+    back = await store.get(mine.id)
+    assert (back.status, back.error) == ("cancelled", reason)  # a person's decision
+
+
+async def test_a_version_1_database_upgrades_and_keeps_its_cascade_cancellations(
+    system, db_path, clock
+):
+    # Version 1 had no cancel_cause: a cascade cancellation was known by its error
+    # text alone, which the upgrade turns into the column.
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    for statement in _split(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    rows = [  # id, title, status, error, depends on
+        (1, "a", "failed", "fatal", None),
+        (2, "cascade", "cancelled", "dependency 1 failed", 1),
+        (3, "person", "cancelled", "no longer needed", 1),
+        (4, "grandchild", "cancelled", "dependency 2 cancelled", 2),
+        (5, "an agent's own words", "failed", "dependency 1 failed", None),
+        (6, "waiting", "queued", None, None),
+    ]
+    for task_id, title, status, error, dep in rows:
+        conn.execute(
+            "INSERT INTO tasks (id, kind, title, prompt, status, attempts, max_attempts, "
+            "retry_delay, error, created_at, updated_at) VALUES (?, 'k', ?, '', ?, 1, 3, "
+            "1.0, ?, 1.0, 1.0)",
+            (task_id, title, status, error),
+        )
+        if dep is not None:
+            conn.execute("INSERT INTO task_deps VALUES (?, ?)", (task_id, dep))
+    conn.close()
+
+    async with open_store(system, db_path, clock=clock) as store:
+        assert read_db(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        causes = read_db(db_path, "SELECT id, cancel_cause FROM tasks ORDER BY id")
+        assert causes == [(1, None), (2, 1), (3, None), (4, 2), (5, None), (6, None)]
+        await store.retry(1)
+        statuses = [(t.id, t.status) for t in await store.list()]
+        assert statuses == [(1, "queued"), (2, "queued"), (3, "cancelled"), (4, "queued"),
+                            (5, "failed"), (6, "queued")]
+        assert (await store.get(3)).error == "no longer needed"
+        causes = read_db(db_path, "SELECT id, cancel_cause FROM tasks ORDER BY id")
+        assert causes == [(1, None), (2, None), (3, None), (4, None), (5, None), (6, None)]
 
 
 async def test_a_claim_for_named_workers_leases_each_task_to_its_own(store):
