@@ -145,7 +145,9 @@ def events_table(events: Iterable[Event], title: str | None = None) -> Table:
 
 
 def task_panel(task: Task, runs: Sequence[Run]) -> Group:
-    """Everything about one task: its fields, then one row per attempt."""
+    """Everything about one task: its fields, then one row per attempt and one per
+    review (``#`` says ``N review`` for a review of attempt N; its outcome is the
+    verdict)."""
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold")
     fields.add_column(overflow="fold")
@@ -158,12 +160,13 @@ def task_panel(task: Task, runs: Sequence[Run]) -> Group:
         elif not isinstance(value, str):
             value = "" if value is None else json.dumps(value, default=str, ensure_ascii=False)
         fields.add_row(name, Text(value) if isinstance(value, str) else value)
-    attempts = Table(title="Attempts", box=box.SIMPLE_HEAD, title_justify="left")
+    attempts = Table(title="Attempts and reviews", box=box.SIMPLE_HEAD, title_justify="left")
     for column in ("#", "worker", "started", "seconds", "exit", "pgid", "outcome", "output"):
         attempts.add_column(column, overflow="fold")
     for run in runs:
         attempts.add_row(
-            str(run.attempt), slot_label(run.worker), clock_time(run.started_at),
+            f"{run.attempt} review" if run.review else str(run.attempt),
+            slot_label(run.worker), clock_time(run.started_at),
             "" if run.duration is None else f"{run.duration:.2f}",
             "" if run.exit_code is None else str(run.exit_code),
             "" if run.pgid is None else str(run.pgid), run.outcome or "running",

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep printing new events until interrupted")
 
     p = sub.add_parser("cancel", parents=common,
-                       help="cancel a task and its dependents (a running agent is killed)")
+                       help="cancel a task and its dependents (a running agent or reviewer is killed)")
     p.add_argument("id", type=int)
 
     p = sub.add_parser("retry", parents=common, help="queue a failed or cancelled task again")
@@ -289,9 +289,10 @@ async def _cancel(store: Any, opts: argparse.Namespace, config: HiveConfig | Non
     before = await store.get(opts.id)
     task = await store.cancel(opts.id, actor="cli")
     killed: list[int] = []
-    if before.status == "running":
-        # The agent may run in another process: kill its recorded process group now
-        # rather than let its hive notice at the next heartbeat.
+    if before.status in ("running", "review"):
+        # The agent (or the reviewer command) may run in another process: kill its
+        # recorded process group now rather than let its hive notice at the next
+        # heartbeat.
         pgids = [event.payload.get("pgid")
                  for event in await store.events_since(0, limit=1_000_000, task_id=opts.id)
                  if event.type == "task.cancelled"]
@@ -299,7 +300,8 @@ async def _cancel(store: Any, opts: argparse.Namespace, config: HiveConfig | Non
             from .hive._command import kill_process_groups
 
             killed = kill_process_groups([pgids[-1]])
-    note = f"; killed its agent (process group {killed[0]})" if killed else ""
+    who = "reviewer" if before.status == "review" else "agent"
+    note = f"; killed its {who} (process group {killed[0]})" if killed else ""
     return out.task(task, f"cancelled task {task.id} (was {before.status}){note}")
 
 

@@ -902,7 +902,8 @@ async def check_invariants(
       at most ``max_attempts`` plus one per rework a person ordered;
     - no stale result: a done task's result, when it names its token (the scripted
       fakes do), carries the token of the task's last claim;
-    - every run is closed, and a task has one run per claim;
+    - every run is closed (with ``idle``), a task has one attempt run per claim,
+      and each review run (``Run.review``) reviews one of its attempts;
     - for each scripted fake in ``backends``: every call ran for a claim that exists
       (task, token), no claim ran twice, no call for a claim already gone when it
       started (task cancelled or re-claimed) ran to its end instead of being
@@ -989,12 +990,18 @@ async def check_invariants(
                 problems.append(f"task {tid}: accepted the result of token "
                                 f"{task.result['token']}, but its last claim had token {last}")
         task_runs = runs[tid]
-        if len(task_runs) != task.attempts:
-            problems.append(f"task {tid}: {len(task_runs)} runs for {task.attempts} attempts")
+        worked = [run for run in task_runs if not run.review]
+        if len(worked) != task.attempts:
+            problems.append(f"task {tid}: {len(worked)} attempt runs for {task.attempts} attempts")
+        for run in task_runs:
+            if run.review and not 1 <= run.attempt <= task.attempts:
+                problems.append(f"task {tid}: a review run of attempt {run.attempt}, "
+                                f"but it had {task.attempts} attempts")
         if idle:
             for run in task_runs:
                 if run.ended_at is None:
-                    problems.append(f"task {tid}: run of attempt {run.attempt} never closed")
+                    what = "review run" if run.review else "run"
+                    problems.append(f"task {tid}: {what} of attempt {run.attempt} never closed")
     claims = {(tid, ev.payload.get("token")) for tid, evs in started.items() for ev in evs}
     for backend in backends:
         seen: Counter[tuple[int, int]] = Counter()

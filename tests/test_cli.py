@@ -76,11 +76,12 @@ def wait_for(predicate, what: str, limit: float = LIMIT):
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def recorded_pgid(db: Path, task_id: int) -> int | None:
-    """The process group recorded for the task's latest attempt (read-only query)."""
+def recorded_pgid(db: Path, task_id: int, *, review: bool = False) -> int | None:
+    """The process group recorded for the task's latest attempt, or with ``review`` its
+    latest review (read-only query)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        row = conn.execute("SELECT pgid FROM runs WHERE task_id = ? ORDER BY id DESC LIMIT 1",
-                           (task_id,)).fetchone()
+        row = conn.execute("SELECT pgid FROM runs WHERE task_id = ? AND review = ? "
+                           "ORDER BY id DESC LIMIT 1", (task_id, int(review))).fetchone()
     return row[0] if row else None
 
 
@@ -273,3 +274,34 @@ def test_cancel_kills_an_agent_running_in_another_process(tmp_path):
         running.stderr.close()
     assert hive_json("show", str(task["id"]), db=db)["status"] == "cancelled"
 
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="agent process groups are Linux here")
+def test_cancel_kills_a_reviewer_running_in_another_process(tmp_path):
+    ok = write_agent(tmp_path, "ok.py", OK_AGENT)
+    hang = write_agent(tmp_path, "hang.py", HANG_AGENT)
+    reviewer = json.dumps([sys.executable, str(hang)])
+    config = write_config(tmp_path, {"code": [sys.executable, str(ok)]},
+                          extra=f"\n[reviewer]\ncommand = {reviewer}\n")
+    db = tmp_path / "hive.db"
+    task = hive_json("submit", "--kind", "code", "--title", "reviewed for ever", db=db)
+    running = subprocess.Popen(
+        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--plain"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        pgid = wait_for(lambda: recorded_pgid(db, task["id"], review=True), "the reviewer to start")
+        assert group_alive(pgid)
+        out = hive("cancel", str(task["id"]), db=db).stdout
+        assert f"(was review); killed its reviewer (process group {pgid})" in out
+        wait_for(lambda: not group_alive(pgid), "the reviewer to die")
+        assert running.poll() is None  # the hive itself carries on
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(timeout=LIMIT) == 0
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+        running.stdout.close()
+        running.stderr.close()
+    assert hive_json("show", str(task["id"]), db=db)["status"] == "cancelled"

@@ -163,8 +163,9 @@ class _Slot(Actor):
     async def run_command(self, argv: Any, task: Task, *, timeout: float | None, stdin: str,  # noqa: ASYNC109
                           log_name: str, phases: Any = None, record: bool = True) -> Any:
         """Run a command agent for ``task`` in its workspace; with ``record``, its
-        process group is written on the attempt's run row (so it can be killed from
-        another process, or after a crash)."""
+        process group is written on the run row of the attempt (or review) that
+        ``task.fencing_token`` holds (so it can be killed from another process, or
+        after a crash)."""
 
         async def record_pgid(pgid: int) -> None:
             try:
@@ -270,8 +271,13 @@ class Reviewer(_Slot):
         reviewer = self.rt.config.reviewer
         outcome = await self.run_command(
             reviewer.command, task, timeout=reviewer.timeout, stdin=reviewer.stdin,
-            log_name=f"review-{task.attempts}.log", record=False,  # reviews have no run row
+            log_name=f"review-{task.attempts}.log",
         )
+        try:  # on the review's run row, which the verdict closes
+            await self.rt.store.record_run(task.id, task.fencing_token, exit_code=outcome.exit_code,
+                                           output_tail=outcome.output_tail)
+        except StoreError as exc:  # stale: the verdict will be refused too
+            log.warning("%s: could not record the review of task %s: %s", self.ref.name, task.id, exc)
         if outcome.timed_out:
             raise TimeoutError("the reviewer command timed out")
         result = outcome.result
@@ -434,14 +440,16 @@ class Queen(Actor):
         for pool, free in self.free.items():
             if not free:
                 continue
+            # Leased in the slots' names (``k-0``, ``review-0``...): that is what
+            # runs.worker shows.
+            workers = tuple(map(self.labels.__getitem__, free))
             if pool == REVIEW_POOL:
                 tasks = await rt.store.claim_review(
                     len(free), "reviewer", rt.lease_seconds, kinds=tuple(rt.config.kinds),
-                    actor="queen")
+                    actor="queen", workers=workers)
             else:
-                # Leased in the slots' names (``k-0``...): that is what runs.worker shows.
                 tasks = await rt.store.claim(pool, len(free), pool, rt.lease_seconds, actor="queen",
-                                             workers=tuple(map(self.labels.__getitem__, free)))
+                                             workers=workers)
             for task in tasks:
                 slot = free.popleft()
                 self.free_set[pool].discard(slot)

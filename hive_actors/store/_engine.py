@@ -96,6 +96,11 @@ _INSERT_RUN = (
     "INSERT INTO runs (task_id, attempt, fencing_token, worker, hive_id, started_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+# A review claim's run: the attempt under review, the review lease's token.
+_INSERT_REVIEW_RUN = (
+    "INSERT INTO runs (task_id, attempt, fencing_token, worker, hive_id, started_at, review) "
+    "VALUES (?, ?, ?, ?, ?, ?, 1)"
+)
 _INSERT_TASK = (
     "INSERT INTO tasks (kind, title, prompt, status, priority, max_attempts, retry_delay, "
     "not_before, pending_deps, error, cancel_cause, parent_id, metadata, created_at, "
@@ -445,13 +450,15 @@ class Engine:
         op = m.SweepLeases(actor="recovery")
         for raw in rows:
             row = _Row._make(raw)
-            if row.status == REVIEW:
-                self._update(row, now, lease_owner=None, lease_hive=None,
-                             lease_expires_at=None, fencing_token=row.fencing_token + 1)
-                continue
             pgid = self._close_run(row, now, "recovered", pgid=True)
             if pgid is not None:
                 pgids.append(pgid)
+            if row.status == REVIEW:
+                # Stays in review, for the next reviewer; the dead hive's reviewer
+                # command (its pgid above) is killed before that.
+                self._update(row, now, lease_owner=None, lease_hive=None,
+                             lease_expires_at=None, fencing_token=row.fencing_token + 1)
+                continue
             reason = f"hive process {row.lease_hive} that held the lease is gone"
             if row.attempts - row.attempts_base < row.max_attempts:
                 new = self._update(row, now, status=QUEUED, not_before=now, error=reason,
@@ -823,8 +830,8 @@ class Engine:
         output: str | bytes | None = None,
         pgid: bool = False,
     ) -> int | None:
-        """Close the open run of the current attempt; with ``pgid``, return the
-        process group id it recorded."""
+        """Close the open run (attempt or review) of ``row``'s fencing token, if there
+        is one; with ``pgid``, return the process group id it recorded."""
         args = (now, now, exit_code, None if output is None else tail(output), result,
                 row.id, row.fencing_token)
         if not pgid:
@@ -876,8 +883,8 @@ class Engine:
                                   "cancel_cause": cause, **_NO_LEASE}
         pgid = None
         if row.status in (RUNNING, REVIEW):
-            if row.status == RUNNING:
-                pgid = self._close_run(row, now, "cancelled", pgid=True)
+            # The running attempt's, or the review's (none when no reviewer holds it).
+            pgid = self._close_run(row, now, "cancelled", pgid=True)
             fields["fencing_token"] = row.fencing_token + 1
         new = self._update(row, now, **fields)
         extra: dict[str, Any] = {"reason": reason, "previous": row.status}
@@ -1052,11 +1059,18 @@ class Engine:
         sql += " ORDER BY priority DESC, id LIMIT ?"
         args.append(op.n)
         claimed = []
-        for raw in self._conn.execute(sql, args).fetchall():
+        workers = op.workers or itertools.repeat(op.worker)
+        found = self._conn.execute(sql, args).fetchall()
+        for raw, worker in zip(found, workers, strict=False):  # fewer found
             row = _Row._make(raw)
+            if row.lease_expires_at is not None:
+                # A review lease that ran out and was not swept yet: its run ends here.
+                self._close_run(row, now, "expired")
             new = self._update(row, now, fencing_token=row.fencing_token + 1,
-                               lease_owner=op.worker, lease_hive=self.hive_id,
+                               lease_owner=worker, lease_hive=self.hive_id,
                                lease_expires_at=now + op.lease_seconds)
+            self._conn.execute(_INSERT_REVIEW_RUN, (new.id, new.attempts, new.fencing_token,
+                                                    worker, self.hive_id, now))
             claimed.append(self._task(new))
         return claimed
 
@@ -1072,7 +1086,10 @@ class Engine:
         return expires
 
     def _record_run(self, op: m.RecordRun, now: float) -> None:
-        row = self._leased(op.task_id, op.token, (RUNNING,))
+        row = self._leased(op.task_id, op.token, (RUNNING, REVIEW))
+        if row.lease_owner is None:
+            # In review but not claimed: the token is the finished attempt's.
+            raise StaleLease(op.task_id, op.token, row.fencing_token, row.status)
         self._conn.execute(
             "UPDATE runs SET pgid = coalesce(?, pgid), exit_code = coalesce(?, exit_code), "
             "output_tail = coalesce(?, output_tail) WHERE task_id = ? AND fencing_token = ?",
@@ -1100,8 +1117,11 @@ class Engine:
         return self._task(self._failed_attempt(op, now, row, op.error, op.retry, op.delay))
 
     def _release(self, op: m.Release, now: float) -> Task:
-        row = self._leased(op.task_id, op.token, (RUNNING,))
+        row = self._leased(op.task_id, op.token, (RUNNING, REVIEW))
         self._close_run(row, now, "released")
+        if row.status == REVIEW:  # a review given back: the task waits for a reviewer
+            return self._task(self._update(row, now, fencing_token=row.fencing_token + 1,
+                                           **_NO_LEASE))
         new = self._update(row, now, status=QUEUED, not_before=now,
                            attempts_base=row.attempts_base + 1, **_NO_LEASE)
         self._emit(op, now, "task.retrying", new,
@@ -1120,6 +1140,7 @@ class Engine:
 
     def _approve(self, op: m.Approve, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "approve")
+        self._close_run(row, now, _verdict("approved", op.token))
         return self._task(self._done(op, now, row, "task.approved", {}))
 
     def _rework(self, op: Any, now: float, row: _Row, feedback: str, bounded: bool) -> _Row:
@@ -1140,16 +1161,19 @@ class Engine:
 
     def _reject(self, op: m.Reject, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "reject")
+        self._close_run(row, now, _verdict("rejected", op.token))
         return self._task(self._rework(op, now, row, op.feedback, bounded=True))
 
     def _escalate(self, op: m.Escalate, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "escalate")
+        self._close_run(row, now, "escalated")
         new = self._update(row, now, status=ESCALATED, **_NO_LEASE)
         self._emit(op, now, "task.escalated", new, {"reason": op.reason})
         return self._task(new)
 
     def _decide(self, op: m.Decide, now: float) -> Task:
         row = self._review_row(op.task_id, None, "decide", (ESCALATED, REVIEW))
+        self._close_run(row, now, "decided")  # a review under way, cut short
         if op.approve:
             return self._task(self._done(op, now, row, "task.approved", {"decided": True}))
         return self._task(self._rework(op, now, row, op.feedback or "", bounded=False))
@@ -1230,6 +1254,7 @@ class Engine:
                     op, now, row, error, True, None, {"expired": True}
                 )))
             else:
+                self._close_run(row, now, "expired")
                 new = self._update(row, now, fencing_token=row.fencing_token + 1,
                                    **_NO_LEASE)
                 changed.append(self._task(new))
@@ -1339,7 +1364,7 @@ class Engine:
         self._load(op.task_id)
         rows = self._conn.execute(
             "SELECT id, task_id, attempt, fencing_token, worker, hive_id, started_at, "
-            "ended_at, exit_code, duration, output_tail, pgid, outcome FROM runs "
+            "ended_at, exit_code, duration, output_tail, pgid, outcome, review FROM runs "
             "WHERE task_id = ? ORDER BY id",
             (op.task_id,),
         )
@@ -1354,6 +1379,12 @@ class Engine:
 _NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_hive": None, "lease_expires_at": None}
 _DONE_NAMES = ("status", *_NO_LEASE)
 _DONE_VALUES = (DONE, *_NO_LEASE.values())
+
+
+def _verdict(outcome: str, token: int | None) -> str:
+    """How a verdict closes the review's run: by the reviewer holding the lease
+    (``token``), or ``"decided"`` when a person gave it (no token)."""
+    return outcome if token is not None else "decided"
 
 
 def _planned(index: int, entry: Any) -> PlannedTask:

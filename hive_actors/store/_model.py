@@ -96,10 +96,19 @@ class Event:
 
 @attrs.frozen
 class Run:
-    """One attempt at a task: opened by a claim, closed by succeed, fail, lease
-    expiry, cancel, release or recovery (``outcome`` says which). ``pgid`` is the
-    agent's process group id if the worker recorded it; ``output_tail`` holds at most
-    the last 64 KiB of output (UTF-8)."""
+    """One attempt at a task, or one review of an attempt (``review`` true).
+
+    An attempt's run is opened by a claim and closed by succeed, fail, lease expiry,
+    cancel, release or recovery; ``outcome`` says which (``"succeeded"``,
+    ``"failed"``, ``"expired"``, ``"cancelled"``, ``"released"``, ``"recovered"``).
+    A review's run is opened by a review claim and has the ``attempt`` number of the
+    attempt under review (so an attempt may have several rows: its own, then one per
+    review claim); its ``outcome`` is the verdict (``"approved"``, ``"rejected"``,
+    ``"escalated"``), ``"decided"`` when a person's decision ended it, or
+    ``"released"`` (given back by the reviewer: shutdown, crash), ``"expired"``,
+    ``"cancelled"``, ``"recovered"``. ``None`` while it is open.
+    ``pgid`` is the agent's (or reviewer command's) process group id if it was
+    recorded; ``output_tail`` holds at most the last 64 KiB of output (UTF-8)."""
 
     id: int
     task_id: int
@@ -114,6 +123,7 @@ class Run:
     output_tail: str | None
     pgid: int | None
     outcome: str | None
+    review: bool = attrs.field(default=False, converter=bool)
 
 
 @attrs.frozen
@@ -147,8 +157,10 @@ class RecoveryReport:
 
     ``requeued``/``failed``: ids of tasks that were running under a dead hive's lease
     (failed when out of attempts). ``pgids``: process group ids recorded for those
-    attempts, which may still be alive and should be killed before the tasks run
-    again. ``dead_hives``: ids of the hive processes found dead."""
+    attempts and for the reviews the dead hives held (the task stays in review for
+    another reviewer), which may still be alive and should be killed before the
+    tasks run (or are reviewed) again. ``dead_hives``: ids of the hive processes
+    found dead."""
 
     hive_id: str
     requeued: tuple[int, ...] = ()

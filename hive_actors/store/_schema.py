@@ -115,6 +115,12 @@ MIGRATIONS: tuple[str, ...] = (
         AND substr(error, 12, instr(substr(error, 12), ' ') - 1) NOT GLOB '*[^0-9]*'
         AND substr(error, 12 + instr(substr(error, 12), ' ')) IN ('failed', 'cancelled');
     """,
+    # 3: a review claim has a run row too (who reviewed, how long, the reviewer
+    # command's process group, the verdict): runs.review tells it from the attempt's
+    # own run. Every earlier row is an attempt's (reviews had none).
+    """
+    ALTER TABLE runs ADD COLUMN review INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -124,7 +124,9 @@ class Store:
         **kw: Any,
     ) -> list[Task]:
         """Claim up to ``n`` tasks waiting in ``review`` for a reviewer (with a new
-        fencing token and a lease; the status stays ``review``)."""
+        fencing token and a lease; the status stays ``review``), held by ``worker``
+        (or, with ``workers=``, ``n`` names, the i-th task by the i-th). Each claim
+        opens a run row for the review (``Run.review``), closed with its verdict."""
         return await self.ref.ask(m.ClaimReview(n, worker, lease_seconds, kinds, **kw))
 
     async def heartbeat(self, task_id: int, token: int, lease_seconds: float) -> float:
@@ -142,7 +144,8 @@ class Store:
         output_tail: str | bytes | None = None,
     ) -> None:
         """Record the agent's process group id (and/or exit code, output tail) on the
-        current attempt's run row; ``StaleLease`` if the token is not current."""
+        run row of the current attempt, or of the current review (a reviewer's token);
+        ``StaleLease`` if the token is not current."""
         await self.ref.ask(m.RecordRun(task_id, token, pgid, exit_code, output_tail))
 
     async def succeed(
@@ -186,7 +189,8 @@ class Store:
         self, task_id: int, token: int, reason: str = "released", **kw: Any
     ) -> Task:
         """Give a running task back at once (shutdown, worker crash); the attempt is
-        not counted against ``max_attempts``."""
+        not counted against ``max_attempts``. With a reviewer's token, the review is
+        given back: the task stays in ``review`` for another reviewer."""
         return await self.ref.ask(m.Release(task_id, token, reason, **kw))
 
     async def store_plan(
@@ -237,8 +241,9 @@ class Store:
         """Cancel a task that is not terminal, and transitively every unfinished task
         depending on it. ``reason`` is free text, kept as the task's error (a retry of
         a dependency never brings back a task a person cancelled, whatever it says). A
-        running task's token is invalidated (its worker gets ``StaleLease``); the
-        event's payload carries the recorded ``pgid``."""
+        running or reviewed task's token is invalidated (its worker or reviewer gets
+        ``StaleLease``); the event's payload carries the ``pgid`` recorded for its
+        agent or reviewer command."""
         return await self.ref.ask(m.Cancel(task_id, reason, **kw))
 
     async def retry(self, task_id: int, **kw: Any) -> Task:
@@ -288,7 +293,8 @@ class Store:
         return await self.ref.ask(m.EventsSince(since, limit, task_id))
 
     async def runs(self, task_id: int) -> list[Run]:
-        """The attempts of a task, oldest first."""
+        """The runs of a task, oldest first: one per attempt, and one per review claim
+        (``Run.review``, with the number of the attempt it reviews)."""
         return await self.ref.ask(m.GetRuns(task_id))
 
 

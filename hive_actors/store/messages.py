@@ -90,15 +90,21 @@ class Claim:
 
     @workers.validator
     def _check_workers(self, attribute: attrs.Attribute, value: tuple[str, ...] | None) -> None:
-        if value is None:
-            return
-        if len(value) != self.n or not all(isinstance(w, str) and w for w in value):
-            raise ValueError(f"workers must be {self.n} non-empty strings (one per task), got {value!r}")
+        _check_worker_names(self.n, value)
+
+
+def _check_worker_names(n: int, value: tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    if len(value) != n or not all(isinstance(w, str) and w for w in value):
+        raise ValueError(f"workers must be {n} non-empty strings (one per task), got {value!r}")
 
 
 @attrs.frozen
 class ClaimReview:
-    """Claim up to ``n`` tasks waiting in ``review`` (of ``kinds``, or any kind)."""
+    """Claim up to ``n`` tasks waiting in ``review`` (of ``kinds``, or any kind) for
+    ``worker``, each with a run row for the review; with ``workers`` (``n`` names),
+    the i-th task claimed is leased to the i-th name."""
 
     n: int = attrs.field(validator=_pos_int)
     worker: str = attrs.field(validator=_name)
@@ -106,8 +112,15 @@ class ClaimReview:
     kinds: tuple[str, ...] | None = attrs.field(
         default=None, converter=attrs.converters.optional(tuple)
     )
+    workers: tuple[str, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=attrs.converters.optional(tuple)
+    )
     actor: str | None = _actor
     correlation_id: str | None = _corr
+
+    @workers.validator
+    def _check_workers(self, attribute: attrs.Attribute, value: tuple[str, ...] | None) -> None:
+        _check_worker_names(self.n, value)
 
 
 @attrs.frozen
@@ -123,8 +136,10 @@ class Heartbeat:
 
 @attrs.frozen
 class RecordRun:
-    """Record facts about the current attempt (the agent's process group id, exit
-    code, output tail) without changing the task's status."""
+    """Record facts about the current attempt or review (the agent's or reviewer
+    command's process group id, exit code, output tail) on its run row, without
+    changing the task's status: the task must be ``running`` or ``review`` with
+    ``token``."""
 
     task_id: int
     token: int
@@ -169,7 +184,8 @@ class Fail:
 @attrs.frozen
 class Release:
     """Give a running task back (e.g. at shutdown): re-queued at once, and the
-    attempt is not counted against ``max_attempts``."""
+    attempt is not counted against ``max_attempts``. A task under review is given
+    back by its reviewer the same way: it stays in ``review``, for another one."""
 
     task_id: int
     token: int

@@ -40,16 +40,26 @@ import sys
 print("this agent always fails", file=sys.stderr)
 sys.exit(3)
 """
+SLOW_REVIEWER = """\
+import random, time
+time.sleep(random.uniform(0.1, 0.5))
+print("looks good")
+"""
 
 
-def write_setup(tmp_path: Path, kinds: dict[str, dict]) -> Path:
+def write_setup(tmp_path: Path, kinds: dict[str, dict], reviewer: str | None = None) -> Path:
     """Copy the fake agents below ``tmp_path`` (so /proc can tell ours apart) and
-    write the hive's config; returns the config path."""
+    write the hive's config (with ``reviewer``, the agent script reviewing the kinds
+    whose ``review`` is true); returns the config path."""
     agents = tmp_path / "agents"
     shutil.copytree(AGENTS_DIR, agents, ignore=shutil.ignore_patterns("__pycache__"))
     (agents / "slow.py").write_text(SLOW_AGENT)
     (agents / "broken.py").write_text(BROKEN_AGENT)
+    (agents / "slow_reviewer.py").write_text(SLOW_REVIEWER)
     lines = ["[hive]", 'db = "hive.db"', "lease_seconds = 30", 'workspaces = "ws"', ""]
+    if reviewer is not None:
+        argv = [sys.executable, str(agents / reviewer)]
+        lines += ["[reviewer]", f"command = {json.dumps(argv)}", "concurrency = 2", ""]
     for name, options in kinds.items():
         options = dict(options)
         script, *args = options.pop("agent")
@@ -172,11 +182,11 @@ def check_database(db: Path) -> dict[int, tuple[str, str]]:
 
 
 def run_chaos(tmp_path: Path, kinds: dict[str, dict], tasks: list[tuple[str, int]],
-              kills: int) -> dict[int, tuple[str, str]]:
+              kills: int, reviewer: str | None = None) -> dict[int, tuple[str, str]]:
     seed = int(os.environ.get("HIVE_CHAOS_SEED", random.randrange(1 << 30)))
     print(f"chaos seed {seed} ({kills} kills)")
     rng = random.Random(seed)
-    config = write_setup(tmp_path, kinds)
+    config = write_setup(tmp_path, kinds, reviewer)
     db = tmp_path / "hive.db"
     ids = submit(db, tasks)
     marker = str(tmp_path / "agents")
@@ -191,28 +201,33 @@ def run_chaos(tmp_path: Path, kinds: dict[str, dict], tasks: list[tuple[str, int
         recovered = conn.execute(
             "SELECT count(*) FROM events WHERE type = 'task.recovered'").fetchone()[0]
         killed_runs = conn.execute(
-            "SELECT count(*) FROM runs WHERE outcome = 'recovered'").fetchone()[0]
+            "SELECT count(*) FROM runs WHERE outcome = 'recovered' AND NOT review").fetchone()[0]
+        killed_reviews = conn.execute(
+            "SELECT count(*) FROM runs WHERE outcome = 'recovered' AND review").fetchone()[0]
     finally:
         conn.close()
     print(f"chaos: {kills} kills survived, {recovered} attempts recovered, "
-          f"{killed_runs} agent runs cut short")
+          f"{killed_runs} agent runs and {killed_reviews} reviews cut short")
     assert recovered >= 1  # the kills did land while agents ran
     return final
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_while_slow_and_failing_agents_run(tmp_path):
+    # The slow kind's work is reviewed too (by a slow command that approves): kills
+    # land on reviews as well, whose runs must be closed and agents gone like any.
     kinds = {
-        "fast": {"agent": ["succeed.py"], "concurrency": 4, "max_attempts": 25},
-        "slow": {"agent": ["slow.py"], "concurrency": 3, "max_attempts": 25},
+        "fast": {"agent": ["succeed.py"], "concurrency": 4, "max_attempts": 25,
+                 "review": False},
+        "slow": {"agent": ["slow.py"], "concurrency": 3, "max_attempts": 25, "review": True},
         "flaky": {"agent": ["fail_n.py", "2"], "concurrency": 2, "max_attempts": 25,
-                  "retry_delay": 0.1},
+                  "retry_delay": 0.1, "review": False},
         "broken": {"agent": ["broken.py"], "concurrency": 2, "max_attempts": 2,
-                   "retry_delay": 0.1},
+                   "retry_delay": 0.1, "review": False},
     }
     tasks = ([("fast", 25)] * 12 + [("slow", 25)] * 12 + [("flaky", 25)] * 6
              + [("broken", 2)] * 4)
-    final = run_chaos(tmp_path, kinds, tasks, KILLS)
+    final = run_chaos(tmp_path, kinds, tasks, KILLS, reviewer="slow_reviewer.py")
     for tid, (kind, status) in final.items():
         # Kills are recovered attempts; 25 attempts outlast 20 kills, so only the
         # always-failing agent may fail.

@@ -2,11 +2,17 @@
 
 import json
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import trio
 
-from hive_actors.hive import HiveConfig, KindConfig, RoleConfig, open_hive
+from hive_actors.hive import HiveConfig, KindConfig, RoleConfig, Verdict, open_hive
 from tests.agents import agent, group_alive
 
 HOSTILE = "it's \"quoted\" $(touch pwned) `touch pwned2`; rm -rf / && echo hi\nline two\t\u00e9\U0001f41d"
@@ -149,3 +155,164 @@ async def test_phases_run_in_order_and_the_failing_phase_is_named(tmp_path):
     assert done.status == "failed"
     assert "phase 'test'" in done.error
     assert (tmp_path / "ws" / str(t.id) / "out.txt").read_text() == "applied"
+
+
+async def test_each_command_review_is_a_run_with_its_process_group_and_exit_code(tmp_path):
+    # rejects attempt 1 (exit 1, its stdout is the feedback), approves attempt 2
+    reviewer = RoleConfig(command=[
+        sys.executable, "-c",
+        "import os, sys; a = os.environ['HIVE_ATTEMPT']; print('reviewed attempt', a);"
+        "sys.exit(a != '2')",
+    ])
+    kinds = {"code": KindConfig(command=agent("succeed.py"))}
+    cfg = HiveConfig(kinds=kinds, reviewer=reviewer, workspaces=tmp_path / "ws")
+    async with open_hive(tmp_path / "hive.db", cfg) as hive:
+        t = await hive.submit(kind="code", title="reviewed twice")
+        done = await hive.wait(t.id, timeout=30)
+        runs = await hive.store.runs(t.id)
+    assert done.status == "done" and done.feedback == "reviewed attempt 1"
+    assert [(r.attempt, r.review, r.worker, r.outcome, r.exit_code) for r in runs] == [
+        (1, False, "code-0", "succeeded", 0), (1, True, "review-0", "rejected", 1),
+        (2, False, "code-0", "succeeded", 0), (2, True, "review-0", "approved", 0),
+    ]
+    reviews = [r for r in runs if r.review]
+    assert [r.output_tail.strip() for r in reviews] == ["reviewed attempt 1", "reviewed attempt 2"]
+    assert all(r.pgid is not None and not group_alive(r.pgid) for r in reviews)
+    assert len({r.pgid for r in runs}) == 4  # a process group of its own each
+
+
+async def _review_under_way(hive, task_id):
+    """The open review run of ``task_id`` once its reviewer command's pgid is recorded."""
+    with trio.fail_after(30):
+        while True:
+            runs = await hive.store.runs(task_id)
+            if runs and runs[-1].review and runs[-1].pgid is not None:
+                return runs[-1]
+            await trio.sleep(0.05)
+
+
+async def test_cancelling_a_task_under_review_kills_its_reviewer_command(tmp_path):
+    reviewer = RoleConfig(command=agent("grandchild.py", "reviewer-child.pid", "--then", "hang"))
+    kinds = {"code": KindConfig(command=agent("succeed.py"))}
+    cfg = HiveConfig(kinds=kinds, reviewer=reviewer, workspaces=tmp_path / "ws")
+    async with open_hive(tmp_path / "hive.db", cfg) as hive:
+        t = await hive.submit(kind="code", title="reviewed for ever")
+        review = await _review_under_way(hive, t.id)
+        assert (review.worker, review.outcome) == ("review-0", None)
+        pid_file = trio.Path(tmp_path / "ws" / str(t.id) / "reviewer-child.pid")
+        with trio.fail_after(30):  # its grandchild runs too, in the same group
+            while not (await pid_file.exists() and await pid_file.read_text()):
+                await trio.sleep(0.05)
+        assert group_alive(review.pgid)
+        with trio.fail_after(1):
+            await hive.cancel(t.id)
+            while group_alive(review.pgid):
+                await trio.sleep(0.02)
+        [event] = [e for e in await hive.store.events_since(0, task_id=t.id)
+                   if e.type == "task.cancelled"]
+        assert (event.payload["previous"], event.payload["pgid"]) == ("review", review.pgid)
+        assert (await hive.store.runs(t.id))[-1].outcome == "cancelled"
+
+
+async def test_a_review_cut_short_by_a_graceful_stop_is_given_back(tmp_path):
+    # Its reviewer command is killed by the stopping hive: the next one must find no
+    # process group left to kill (its id may belong to someone else by then).
+    reviewer = RoleConfig(command=agent("hang.py"))
+    kinds = {"code": KindConfig(command=agent("succeed.py"))}
+    cfg = HiveConfig(kinds=kinds, reviewer=reviewer, workspaces=tmp_path / "ws")
+    async with open_hive(tmp_path / "hive.db", cfg, grace=0.1) as hive:
+        t = await hive.submit(kind="code", title="reviewed when the hive stops")
+        review = await _review_under_way(hive, t.id)
+    assert not group_alive(review.pgid)
+
+    async def approve(task):
+        return Verdict(approved=True)
+
+    cfg = HiveConfig(kinds=kinds, reviewer=approve, workspaces=tmp_path / "ws")
+    async with open_hive(tmp_path / "hive.db", cfg) as hive:
+        assert hive.store.recovery.pgids == ()
+        assert (await hive.wait(t.id, timeout=30)).status == "done"
+        runs = await hive.store.runs(t.id)
+    assert [(r.review, r.worker, r.outcome) for r in runs] == [
+        (False, "code-0", "succeeded"), (True, "review-0", "released"),
+        (True, "review-0", "approved")]
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (not a zombie: PID 1 here may not reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[0] not in (b"Z", b"X")
+
+
+def _review_pgid(db: Path, task_id: int) -> int | None:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT pgid FROM runs WHERE task_id = ? AND review = 1 "
+                           "ORDER BY id DESC LIMIT 1", (task_id,)).fetchone()
+    return row[0] if row else None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_dead_hives_reviewer_command_is_killed_before_the_task_is_reviewed_again(tmp_path):
+    # The death signal reaches only the reviewer command itself: what it started in
+    # its group lives on after a SIGKILL of the hive, until the next hive kills it.
+    config = tmp_path / "hive.toml"
+    config.write_text("\n".join([
+        "[hive]", 'db = "hive.db"', 'workspaces = "ws"',
+        "[kinds.code]", f"command = {json.dumps(agent('succeed.py'))}",
+        "[reviewer]",
+        f"command = {json.dumps(agent('grandchild.py', 'reviewer-child.pid', '--then', 'hang'))}",
+        "",
+    ]))
+    db = tmp_path / "hive.db"
+    submitted = subprocess.run(
+        [sys.executable, "-m", "hive_actors", "--config", str(config), "submit", "--kind", "code",
+         "--title", "reviewed when the hive dies", "--json"],
+        capture_output=True, text=True, timeout=60, check=True)
+    task_id = json.loads(submitted.stdout)["id"]
+    pid_file = tmp_path / "ws" / str(task_id) / "reviewer-child.pid"
+    first = subprocess.Popen([sys.executable, "-m", "hive_actors.run", "--config", str(config),
+                              "--plain"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    grandchild = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) or _review_pgid(db, task_id) is None:
+            assert time.monotonic() < deadline, "the reviewer never started (or its pgid was not recorded)"
+            assert first.poll() is None, f"the hive exited {first.returncode}"
+            time.sleep(0.05)
+        grandchild = int(pid_file.read_text())
+        pgid = _review_pgid(db, task_id)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        time.sleep(0.5)
+        assert _pid_alive(grandchild)  # outlived its hive, as the death signal allows
+
+        async def approve(task):
+            return Verdict(approved=True)
+
+        async def second_hive():
+            cfg = HiveConfig(kinds={"code": KindConfig(command=agent("succeed.py"))},
+                             reviewer=approve, workspaces=tmp_path / "ws")
+            async with open_hive(db, cfg) as hive:
+                assert hive.store.recovery.pgids == (pgid,)
+                done = await hive.wait(task_id, timeout=30)
+                return done, await hive.store.runs(task_id)
+
+        done, runs = trio.run(second_hive)
+        deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
+        while _pid_alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _pid_alive(grandchild) and not group_alive(pgid)
+        assert done.status == "done"
+        assert [(r.review, r.worker, r.outcome) for r in runs] == [
+            (False, "code-0", "succeeded"), (True, "review-0", "recovered"),
+            (True, "review-0", "approved")]
+        assert runs[1].pgid == pgid
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if grandchild is not None and _pid_alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)

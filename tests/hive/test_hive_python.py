@@ -330,3 +330,26 @@ async def test_runs_name_the_slot_that_ran_the_attempt(tmp_path):
         assert workers <= {"echo-0", "echo-1", "echo-2"} and workers
         started = [e for e in await hive.store.events_since(0) if e.type == "task.started"]
         assert all(e.payload["worker"] in workers for e in started)
+
+
+async def test_each_review_is_a_run_in_the_reviewer_slots_name(tmp_path):
+    async def second_time_lucky(task):
+        if task.title == "unsure":
+            return Verdict(escalate=True, feedback="a person should look")
+        return Verdict(approved=task.attempts >= 2, feedback="once more")
+
+    config = HiveConfig(kinds={"echo": KindConfig(backend=echo)}, reviewer=second_time_lucky)
+    async with open_hive(tmp_path / "hive.db", config) as hive:
+        lucky = await hive.submit(kind="echo", title="lucky")
+        assert (await hive.wait(lucky.id, timeout=10)).status == "done"
+        unsure = await hive.submit(kind="echo", title="unsure")
+        await hive.wait_idle(timeout=10)
+        await hive.review(unsure.id, approve=True)
+        runs = {t.id: await hive.store.runs(t.id) for t in (lucky, unsure)}
+    assert [(r.attempt, r.review, r.worker, r.outcome) for r in runs[lucky.id]] == [
+        (1, False, "echo-0", "succeeded"), (1, True, "review-0", "rejected"),
+        (2, False, "echo-0", "succeeded"), (2, True, "review-0", "approved"),
+    ]
+    assert [(r.review, r.outcome) for r in runs[unsure.id]] == [
+        (False, "succeeded"), (True, "escalated")]  # the person's decision came later
+    assert all(r.pgid is None and r.duration is not None for r in runs[lucky.id])

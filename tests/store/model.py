@@ -158,7 +158,10 @@ class Model:
         return t
 
     def release(self, now, task_id, token, events):
-        t = self._leased(task_id, token)
+        t = self._leased(task_id, token, ("running", "review"))
+        if t.status == "review":  # given back by its reviewer: waits for another
+            t.token, t.lease = t.token + 1, None
+            return t
         t.status, t.lease, t.base, t.not_before = "queued", None, t.base + 1, now
         events.append(("task.retrying", t.id))
         return t

@@ -236,6 +236,7 @@ class StoreMachine(RuleBasedStateMachine):
             self._run([("succeed", {"id": task_id, "stale": False, "review": True})])
             if flag:
                 self._run([("claim_review", {"n": 1})])
+                self.a_run_is_open_exactly_while_its_lease_is_held()  # the review's
             if verdict == "decide":
                 self._run([("escalate", {"id": task_id, "token": token})])
                 self._run([("decide", {"id": task_id, "approve": flag})])
@@ -280,6 +281,26 @@ class StoreMachine(RuleBasedStateMachine):
                 assert t.status == "cancelled" and cause[t.id] in t.depends_on, t
                 assert any(status[d] in ("failed", "cancelled") for d in t.depends_on), t
             assert cause[t.id] == self.model.tasks[t.id].cause, t
+
+    @invariant()
+    def a_run_is_open_exactly_while_its_lease_is_held(self):
+        # Declarative: every holder of a lease (a worker on a running task, a reviewer
+        # on a task in review) has one open run, of the lease's token and in its name
+        # (a review's marked as such); every other run is closed, with an outcome
+        # that says how its attempt or review ended.
+        conn = self.engine._conn
+        held = sorted(conn.execute(
+            "SELECT id, fencing_token, lease_owner, status = 'review' FROM tasks "
+            "WHERE lease_owner IS NOT NULL"))
+        running = sorted(conn.execute(
+            "SELECT task_id, fencing_token, worker, review FROM runs WHERE ended_at IS NULL"))
+        assert running == held
+        ends = {0: {"succeeded", "failed", "expired", "cancelled", "released", "recovered"},
+                1: {"approved", "rejected", "escalated", "decided", "released", "expired",
+                    "cancelled", "recovered"}}
+        for review, outcome in conn.execute(
+                "SELECT review, outcome FROM runs WHERE ended_at IS NOT NULL"):
+            assert outcome in ends[review], (review, outcome)
 
     @invariant()
     def counts_agree(self):

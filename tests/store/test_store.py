@@ -792,3 +792,199 @@ async def test_a_claim_for_named_workers_leases_each_task_to_its_own(store):
     assert fewer == []
     with pytest.raises(ValueError, match="workers"):
         await store.claim("k", 2, "pool", 30, workers=("only one",))
+
+
+# -- review runs ----------------------------------------------------------------
+
+
+async def in_review(store, title="t"):
+    """A task (of kind ``title``) whose first attempt succeeded and now waits for a
+    reviewer."""
+    task = await store.submit(title, title)
+    [t] = await store.claim(title, 1, "k-0", 30)
+    await store.succeed(t.id, t.fencing_token, {"v": 1}, review=True)
+    return task
+
+
+def summary(runs):
+    return [(r.attempt, r.review, r.worker, r.outcome) for r in runs]
+
+
+@pytest.mark.parametrize("verdict, outcome", [
+    ("approve", "approved"), ("reject", "rejected"), ("escalate", "escalated"),
+])
+async def test_a_review_claim_is_a_run_closed_with_its_verdict(store, clock, verdict, outcome):
+    task = await in_review(store)
+    [r] = await store.claim_review(1, "reviewer", 30, workers=("review-1",))
+    assert r.lease_owner == "review-1"
+    [work, review] = await store.runs(task.id)
+    assert (review.attempt, review.review, review.worker, review.fencing_token) == (
+        1, True, "review-1", r.fencing_token)
+    assert (review.hive_id, review.started_at, review.ended_at) == (store.hive_id, clock.now, None)
+    assert not work.review and work.outcome == "succeeded"
+    clock.advance(4)
+    if verdict == "approve":
+        await store.approve(task.id, token=r.fencing_token)
+    elif verdict == "reject":
+        await store.reject(task.id, "needs tests", token=r.fencing_token)
+    else:
+        await store.escalate(task.id, "unsure", token=r.fencing_token)
+    [_, review] = await store.runs(task.id)
+    assert (review.outcome, review.duration, review.ended_at) == (outcome, 4.0, clock.now)
+
+
+async def test_every_review_claim_has_its_own_run_after_the_attempt_it_reviews(store):
+    task = await in_review(store)
+    [r] = await store.claim_review(1, "reviewer", 30)
+    await store.reject(task.id, "again", token=r.fencing_token)
+    [t] = await store.claim("t", 1, "k-0", 30)
+    await store.succeed(t.id, t.fencing_token, {"v": 2}, review=True)
+    [r] = await store.claim_review(1, "reviewer", 30)
+    await store.approve(task.id, token=r.fencing_token)
+    assert summary(await store.runs(task.id)) == [
+        (1, False, "k-0", "succeeded"), (1, True, "reviewer", "rejected"),
+        (2, False, "k-0", "succeeded"), (2, True, "reviewer", "approved"),
+    ]
+
+
+async def test_a_review_claim_for_named_workers_leases_each_task_to_its_own(store):
+    tasks = [await in_review(store, f"t{i}") for i in range(3)]
+    claimed = await store.claim_review(3, "reviewer", 30, workers=("a", "b", "c"))
+    assert [t.id for t in claimed] == [t.id for t in tasks]
+    assert [t.lease_owner for t in claimed] == ["a", "b", "c"]
+    assert [(await store.runs(t.id))[-1].worker for t in claimed] == ["a", "b", "c"]
+    assert await store.claim_review(2, "reviewer", 30, workers=("d", "e")) == []
+    with pytest.raises(ValueError, match="workers"):
+        await store.claim_review(2, "reviewer", 30, workers=("only one",))
+
+
+async def test_an_expired_review_lease_closes_its_run(store, clock):
+    swept = await in_review(store, "swept")
+    [r] = await store.claim_review(1, "r1", 10)
+    clock.advance(11)
+    await store.sweep_leases()
+    assert summary(await store.runs(swept.id))[-1] == (1, True, "r1", "expired")
+    with pytest.raises(StaleLease):
+        await store.approve(swept.id, token=r.fencing_token)
+    # A lease that ran out and was not swept yet: the next review claim ends its run.
+    [r] = await store.claim_review(1, "r2", 10)
+    clock.advance(11)
+    [again] = await store.claim_review(1, "r3", 10)
+    assert again.fencing_token == r.fencing_token + 1
+    assert summary(await store.runs(swept.id))[1:] == [
+        (1, True, "r1", "expired"), (1, True, "r2", "expired"), (1, True, "r3", None)]
+
+
+async def test_cancelling_a_task_under_review_closes_its_run_and_reports_the_reviewers_pgid(store):
+    task = await in_review(store)
+    [r] = await store.claim_review(1, "reviewer", 30)
+    await store.record_run(task.id, r.fencing_token, pgid=4343, exit_code=None)
+    assert (await store.runs(task.id))[-1].pgid == 4343
+    cancelled = await store.cancel(task.id)
+    assert cancelled.status == "cancelled"
+    event = (await store.events_since(0, task_id=task.id))[-1]
+    assert event.type == "task.cancelled" and event.payload["pgid"] == 4343
+    [work, review] = await store.runs(task.id)
+    assert (review.outcome, review.pgid) == ("cancelled", 4343)
+    assert work.outcome == "succeeded"  # the attempt's own run is left as it was
+    with pytest.raises(StaleLease):
+        await store.record_run(task.id, r.fencing_token, pgid=1)
+    # Waiting for a reviewer, nobody's: no pgid, and the attempt's run is left alone.
+    waiting = await in_review(store, "waiting")
+    await store.cancel(waiting.id)
+    event = (await store.events_since(0, task_id=waiting.id))[-1]
+    assert event.type == "task.cancelled" and "pgid" not in event.payload
+    assert summary(await store.runs(waiting.id)) == [(1, False, "k-0", "succeeded")]
+
+
+async def test_a_persons_decision_ends_a_review_under_way(store):
+    decided = await in_review(store, "decided")
+    [r] = await store.claim_review(1, "reviewer", 30)
+    assert (await store.decide(decided.id, approve=False, feedback="no")).status == "queued"
+    assert summary(await store.runs(decided.id))[-1] == (1, True, "reviewer", "decided")
+    with pytest.raises(StaleLease):
+        await store.reject(decided.id, "late", token=r.fencing_token)
+    # approve or reject without a token is a person's decision too
+    approved = await in_review(store, "approved")
+    await store.claim_review(1, "reviewer", 30)
+    await store.approve(approved.id)
+    assert summary(await store.runs(approved.id))[-1] == (1, True, "reviewer", "decided")
+    # an escalated task's review run was closed by the escalation, and stays so
+    escalated = await in_review(store, "escalated")
+    [r] = await store.claim_review(1, "reviewer", 30)
+    await store.escalate(escalated.id, "?", token=r.fencing_token)
+    await store.decide(escalated.id, approve=True)
+    assert summary(await store.runs(escalated.id))[-1] == (1, True, "reviewer", "escalated")
+
+
+async def test_a_reviewer_gives_its_review_back_for_another(store):
+    task = await in_review(store)
+    [r] = await store.claim_review(1, "review-0", 30)
+    await store.record_run(task.id, r.fencing_token, pgid=4444)
+    events = len(await store.events_since(0))
+    back = await store.release(task.id, r.fencing_token, "hive shutting down")
+    assert (back.status, back.lease_owner, back.attempts) == ("review", None, 1)
+    assert len(await store.events_since(0)) == events  # no status changed
+    assert summary(await store.runs(task.id))[-1] == (1, True, "review-0", "released")
+    with pytest.raises(StaleLease):
+        await store.release(task.id, r.fencing_token)
+    [again] = await store.claim_review(1, "review-1", 30)
+    assert again.id == task.id and again.fencing_token == r.fencing_token + 2
+
+
+async def test_record_run_needs_the_review_lease_of_a_task_in_review(store):
+    task = await in_review(store)
+    [work] = await store.runs(task.id)
+    with pytest.raises(StaleLease):  # nobody reviews it: the token is the finished attempt's
+        await store.record_run(task.id, work.fencing_token, pgid=5)
+    [r] = await store.claim_review(1, "reviewer", 30)
+    await store.record_run(task.id, r.fencing_token, pgid=6, exit_code=1, output_tail="FAILED")
+    runs = await store.runs(task.id)
+    assert [(x.pgid, x.exit_code, x.output_tail) for x in runs] == [
+        (None, None, None), (6, 1, "FAILED")]
+
+
+async def test_recovery_returns_the_pgid_of_a_dead_hives_reviewer(system, db_path, clock):
+    async with open_store(system, db_path, clock=clock, name="s1") as first:
+        task = await in_review(first)
+        [r] = await first.claim_review(1, "review-0", 30)
+        await first.record_run(task.id, r.fencing_token, pgid=888)
+        dead = first.hive_id
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE hives SET stopped_at = NULL, pid = ? WHERE id = ?", (dead_pid(), dead))
+    conn.commit()
+    conn.close()
+    async with open_store(system, db_path, clock=clock, name="s2") as second:
+        report = second.recovery
+        assert report.dead_hives == (dead,) and report.pgids == (888,)
+        assert report.requeued == () and report.failed == ()
+        back = await second.get(task.id)
+        assert (back.status, back.lease_owner) == ("review", None)  # for the next reviewer
+        assert summary(await second.runs(task.id))[-1] == (1, True, "review-0", "recovered")
+        with pytest.raises(StaleLease):
+            await second.approve(task.id, token=r.fencing_token)
+        [again] = await second.claim_review(1, "review-0", 30)
+        await second.approve(task.id, token=again.fencing_token)
+        assert [r.outcome for r in await second.runs(task.id)] == [
+            "succeeded", "recovered", "approved"]
+
+
+async def test_a_version_2_database_upgrades_its_runs_as_attempts(system, db_path, clock):
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    for migration in MIGRATIONS[:2]:
+        for statement in _split(migration):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("INSERT INTO tasks (id, kind, title, prompt, status, attempts, max_attempts, "
+                 "retry_delay, created_at, updated_at) VALUES (1, 'k', 't', '', 'review', 1, 3, "
+                 "1.0, 1.0, 1.0)")
+    conn.execute("INSERT INTO runs (task_id, attempt, fencing_token, worker, started_at, "
+                 "ended_at, outcome) VALUES (1, 1, 1, 'w', 1.0, 2.0, 'succeeded')")
+    conn.close()
+    async with open_store(system, db_path, clock=clock) as store:
+        assert read_db(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        [r] = await store.claim_review(1, "reviewer", 30)
+        await store.approve(1, token=r.fencing_token)
+        assert summary(await store.runs(1)) == [
+            (1, False, "w", "succeeded"), (1, True, "reviewer", "approved")]
