@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,26 @@ def wait_for(predicate, what: str, limit: float = LIMIT):
             return value
         time.sleep(0.05)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+@contextlib.contextmanager
+def running_hive(config: Path) -> Iterator[subprocess.Popen[str]]:
+    """``python -m hive_actors.run`` on ``config``, in another process; it must still
+    be running at the end of the block, and then stops cleanly on SIGTERM."""
+    running = subprocess.Popen(
+        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--plain"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        yield running
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(timeout=LIMIT) == 0
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+        running.stdout.close()
+        running.stderr.close()
 
 
 def recorded_pgid(db: Path, task_id: int, *, review: bool = False) -> int | None:
@@ -252,11 +274,7 @@ def test_cancel_kills_an_agent_running_in_another_process(tmp_path):
     config = write_config(tmp_path, {"code": [sys.executable, str(agent)]})
     db = tmp_path / "hive.db"
     task = hive_json("submit", "--kind", "code", "--title", "forever", db=db)
-    running = subprocess.Popen(
-        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--plain"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with running_hive(config) as running:
         pgid = wait_for(lambda: recorded_pgid(db, task["id"]), "the agent to start")
         assert group_alive(pgid)
         out = hive("cancel", str(task["id"]), db=db).stdout
@@ -264,14 +282,6 @@ def test_cancel_kills_an_agent_running_in_another_process(tmp_path):
         wait_for(lambda: not group_alive(pgid), "the agent to die")
         assert hive_json("show", str(task["id"]), db=db)["status"] == "cancelled"
         assert running.poll() is None  # the hive itself carries on
-        running.send_signal(signal.SIGTERM)
-        assert running.wait(timeout=LIMIT) == 0
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-        running.stdout.close()
-        running.stderr.close()
     assert hive_json("show", str(task["id"]), db=db)["status"] == "cancelled"
 
 
@@ -285,23 +295,11 @@ def test_cancel_kills_a_reviewer_running_in_another_process(tmp_path):
                           extra=f"\n[reviewer]\ncommand = {reviewer}\n")
     db = tmp_path / "hive.db"
     task = hive_json("submit", "--kind", "code", "--title", "reviewed for ever", db=db)
-    running = subprocess.Popen(
-        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--plain"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with running_hive(config) as running:
         pgid = wait_for(lambda: recorded_pgid(db, task["id"], review=True), "the reviewer to start")
         assert group_alive(pgid)
         out = hive("cancel", str(task["id"]), db=db).stdout
         assert f"(was review); killed its reviewer (process group {pgid})" in out
         wait_for(lambda: not group_alive(pgid), "the reviewer to die")
         assert running.poll() is None  # the hive itself carries on
-        running.send_signal(signal.SIGTERM)
-        assert running.wait(timeout=LIMIT) == 0
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-        running.stdout.close()
-        running.stderr.close()
     assert hive_json("show", str(task["id"]), db=db)["status"] == "cancelled"
