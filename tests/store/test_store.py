@@ -469,11 +469,7 @@ async def test_recovery_requeues_tasks_of_a_dead_hive(system, db_path, clock):
         [t2] = await first.claim("k", 1, "w", 30)
         await first.record_run(t1.id, t1.fencing_token, pgid=777)
         dead = first.hive_id
-    # Make the first hive look like a process that died without closing.
-    conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE hives SET stopped_at = NULL, pid = ? WHERE id = ?", (dead_pid(), dead))
-    conn.commit()
-    conn.close()
+    pretend_died(db_path, dead)
     async with open_store(system, db_path, clock=clock, name="s2") as second:
         report = second.recovery
         assert report.dead_hives == (dead,)
@@ -950,10 +946,7 @@ async def test_recovery_returns_the_pgid_of_a_dead_hives_reviewer(system, db_pat
         [r] = await first.claim_review(1, "review-0", 30)
         await first.record_run(task.id, r.fencing_token, pgid=888)
         dead = first.hive_id
-    conn = sqlite3.connect(db_path)
-    conn.execute("UPDATE hives SET stopped_at = NULL, pid = ? WHERE id = ?", (dead_pid(), dead))
-    conn.commit()
-    conn.close()
+    pretend_died(db_path, dead)
     async with open_store(system, db_path, clock=clock, name="s2") as second:
         report = second.recovery
         assert report.dead_hives == (dead,) and report.pgids == (888,)
@@ -988,3 +981,11 @@ async def test_a_version_2_database_upgrades_its_runs_as_attempts(system, db_pat
         await store.approve(1, token=r.fencing_token)
         assert summary(await store.runs(1)) == [
             (1, False, "w", "succeeded"), (1, True, "reviewer", "approved")]
+
+
+def pretend_died(db_path: str, hive_id: str) -> None:
+    """Make the hive ``hive_id`` look like a process that died without closing."""
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE hives SET stopped_at = NULL, pid = ? WHERE id = ?", (dead_pid(), hive_id))
+    conn.commit()
+    conn.close()
