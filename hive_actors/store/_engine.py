@@ -816,8 +816,12 @@ class Engine:
         self._events.append(Event(seq, now, type_, row.id, op.actor, op.correlation_id, payload))
 
     def _leased(self, task_id: int, token: int | None, statuses: tuple[str, ...]) -> _Row:
+        """The task's row if ``token`` holds its lease in one of ``statuses``. A task
+        in review that no reviewer has claimed has no lease: the token it still
+        carries is the finished attempt's."""
         row = self._load(task_id)
-        if row.status not in statuses or row.fencing_token != token:
+        if (row.status not in statuses or row.fencing_token != token
+                or (row.status == REVIEW and row.lease_owner is None)):
             raise StaleLease(task_id, token, row.fencing_token, row.status)
         return row
 
@@ -1087,9 +1091,6 @@ class Engine:
 
     def _record_run(self, op: m.RecordRun, now: float) -> None:
         row = self._leased(op.task_id, op.token, (RUNNING, REVIEW))
-        if row.lease_owner is None:
-            # In review but not claimed: the token is the finished attempt's.
-            raise StaleLease(op.task_id, op.token, row.fencing_token, row.status)
         self._conn.execute(
             "UPDATE runs SET pgid = coalesce(?, pgid), exit_code = coalesce(?, exit_code), "
             "output_tail = coalesce(?, output_tail) WHERE task_id = ? AND fencing_token = ?",
@@ -1166,7 +1167,7 @@ class Engine:
 
     def _escalate(self, op: m.Escalate, now: float) -> Task:
         row = self._review_row(op.task_id, op.token, "escalate")
-        self._close_run(row, now, "escalated")
+        self._close_run(row, now, _verdict("escalated", op.token))
         new = self._update(row, now, status=ESCALATED, **_NO_LEASE)
         self._emit(op, now, "task.escalated", new, {"reason": op.reason})
         return self._task(new)

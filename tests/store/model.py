@@ -55,7 +55,8 @@ class Model:
 
     def _leased(self, task_id: int, token: int | None, statuses=("running",)) -> MTask:
         t = self._get(task_id)
-        if t.status not in statuses or t.token != token:
+        # A review nobody claimed has no lease: its token is the finished attempt's.
+        if t.status not in statuses or t.token != token or (t.status == "review" and t.lease is None):
             raise StaleLease(task_id, token, t.token, t.status)
         return t
 

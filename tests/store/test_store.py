@@ -905,6 +905,11 @@ async def test_a_persons_decision_ends_a_review_under_way(store):
     await store.claim_review(1, "reviewer", 30)
     await store.approve(approved.id)
     assert summary(await store.runs(approved.id))[-1] == (1, True, "reviewer", "decided")
+    # and so is escalating without a token
+    handed_up = await in_review(store, "handed-up")
+    await store.claim_review(1, "reviewer", 30)
+    assert (await store.escalate(handed_up.id, "a person looks")).status == "escalated"
+    assert summary(await store.runs(handed_up.id))[-1] == (1, True, "reviewer", "decided")
     # an escalated task's review run was closed by the escalation, and stays so
     escalated = await in_review(store, "escalated")
     [r] = await store.claim_review(1, "reviewer", 30)
@@ -926,6 +931,21 @@ async def test_a_reviewer_gives_its_review_back_for_another(store):
         await store.release(task.id, r.fencing_token)
     [again] = await store.claim_review(1, "review-1", 30)
     assert again.id == task.id and again.fencing_token == r.fencing_token + 2
+
+
+async def test_the_finished_attempts_token_holds_no_lease_on_its_review(store):
+    # A worker's heartbeat racing its own succeed(review=True) must not lease the
+    # review to nobody (claim_review would skip the task for a whole lease), nor may
+    # that token release a review it never held.
+    task = await in_review(store)
+    [work] = await store.runs(task.id)
+    with pytest.raises(StaleLease):
+        await store.heartbeat(task.id, work.fencing_token, 30)
+    with pytest.raises(StaleLease):
+        await store.release(task.id, work.fencing_token, "not mine")
+    [r] = await store.claim_review(1, "reviewer", 30)
+    assert r.id == task.id
+    assert await store.heartbeat(task.id, r.fencing_token, 30) > 0
 
 
 async def test_record_run_needs_the_review_lease_of_a_task_in_review(store):
