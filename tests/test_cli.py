@@ -79,23 +79,28 @@ def wait_for(predicate, what: str, limit: float = LIMIT):
 
 
 @contextlib.contextmanager
-def running_hive(config: Path) -> Iterator[subprocess.Popen[str]]:
-    """``python -m hive_actors.run`` on ``config``, in another process; it must still
-    be running at the end of the block, and then stops cleanly on SIGTERM."""
-    running = subprocess.Popen(
-        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--plain"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def background(argv: list[str], stop: signal.Signals) -> Iterator[subprocess.Popen[str]]:
+    """``argv`` running in another process for the block; at its end the process is
+    sent ``stop`` and must exit 0 (it is killed if the block fails)."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        yield running
-        running.send_signal(signal.SIGTERM)
-        assert running.wait(timeout=LIMIT) == 0
+        yield process
+        process.send_signal(stop)
+        assert process.wait(timeout=LIMIT) == 0
     finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-        running.stdout.close()
-        running.stderr.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def running_hive(config: Path) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """``python -m hive_actors.run`` on ``config``; stopped with SIGTERM."""
+    return background(
+        [sys.executable, "-m", "hive_actors.run", "--config", str(config), "--plain"],
+        signal.SIGTERM,
+    )
 
 
 def recorded_pgid(db: Path, task_id: int, *, review: bool = False) -> int | None:
@@ -185,24 +190,13 @@ def test_events_json_since(tmp_path):
 def test_events_follow_streams_new_events(tmp_path):
     db = tmp_path / "hive.db"
     hive("submit", "--kind", "code", "--title", "before", db=db)
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "hive_actors", "--db", str(db), "events", "--follow", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    follow = [sys.executable, "-m", "hive_actors", "--db", str(db), "events", "--follow", "--json"]
+    with background(follow, signal.SIGINT) as follower:
         first = json.loads(follower.stdout.readline())
         assert first["type"] == "task.queued" and first["task_id"] == 1
         hive("submit", "--kind", "code", "--title", "after", db=db)
         second = json.loads(follower.stdout.readline())
         assert second["type"] == "task.queued" and second["task_id"] == 2
-        follower.send_signal(signal.SIGINT)
-        assert follower.wait(timeout=LIMIT) == 0
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
-        follower.stdout.close()
-        follower.stderr.close()
 
 
 def test_cancel_and_retry(tmp_path):

@@ -157,8 +157,8 @@ async def test_a_queen_crashing_repeatedly_leaves_the_db_actor_alone(autojump_hi
 async def test_a_cancel_lost_in_a_queen_crash_still_stops_the_attempt(autojump_hive, autojump_clock):
     # Found in review: the Queen took its mailbox in batches, so a crash dropped the
     # task.cancelled event of the same batch and the attempt ran on until a heartbeat
-    # (lease/3) found it cancelled. Cancellations now reach the slots from the bus
-    # listener of the runtime, whatever the Queen is doing.
+    # (lease/3) found it cancelled. Cancellations now reach the slots from the runtime's
+    # store watcher, whatever the Queen is doing.
     backend = ScriptedBackend()
     async with autojump_hive(one_slot_config(backend)) as hive:
         slow = await hive.submit(kind="k", title="slow", prompt=Script(sleep=1000.0).prompt())
